@@ -44,6 +44,21 @@ class ErrorRate:
         return 100.0 * self.edits / self.ref_tokens
 
 
+def split_lines(path: str | os.PathLike, kind: str) -> list[tuple[int, list[str]]]:
+    """The non-blank lines of a text file split on whitespace, with 1-based line numbers.
+
+    Raises:
+        ScoreError: the file is missing or unreadable (the message names ``kind`` of file).
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ScoreError(f"{path}: {kind} file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScoreError(f"{path}: cannot read {kind} file ({exc})") from exc
+    return [(number, line.split()) for number, line in enumerate(lines, start=1) if line.strip()]
+
+
 def read_transcripts(path: str | os.PathLike) -> dict[str, list[str]]:
     """Read a ``<utt_id> <token> <token> ...`` file (s3prl's ``*-hyp.ark`` / ``*-ref.ark``).
 
@@ -54,18 +69,8 @@ def read_transcripts(path: str | os.PathLike) -> dict[str, list[str]]:
     Raises:
         ScoreError: the file is missing or unreadable, or an utterance id appears twice.
     """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ScoreError(f"{path}: transcript file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScoreError(f"{path}: cannot read transcript file ({exc})") from exc
     transcripts: dict[str, list[str]] = {}
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if not fields:
-            continue
+    for number, fields in split_lines(path, "transcript"):
         if fields[0] in transcripts:
             raise ScoreError(f"{path}:{number}: utterance {fields[0]!r} appears twice")
         transcripts[fields[0]] = fields[1:]

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ScoreError
+from .metrics import split_lines
 
 P_TARGET = 0.0008
 C_MISS = 100.0
@@ -169,17 +170,9 @@ def read_rttm(path: str | os.PathLike) -> dict[str, frozenset[str]]:
     Only ``LEXEME <file> <chan> <tbeg> <dur> <query_id> ...`` lines count; other line types
     and ``;;`` comments are skipped.
     """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ScoreError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScoreError(f"{path}: cannot read rttm file ({exc})") from exc
     occurrences: dict[str, set[str]] = {}
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if not fields or fields[0] != "LEXEME":
+    for number, fields in split_lines(path, "rttm"):
+        if fields[0] != "LEXEME":
             continue
         if len(fields) < 6:
             raise ScoreError(
