@@ -1,0 +1,359 @@
+"""Base HuBERT checkpoints for SCORE fine-tuning, from any of four sources, as one format.
+
+``load_base_state(spec)`` accepts
+
+* ``hubert_base``: the checkpoint s3prl's own ``hubert_base`` entry uses, downloaded and
+  cached by s3prl's download code (``~/.cache/s3prl/download`` unless s3prl is told otherwise);
+* a path to a ``.pt`` file, recognised by its content: s3prl's converted format, or a fairseq
+  HuBERT checkpoint (converted here without fairseq being installed);
+* a directory holding a ``transformers`` ``HubertModel`` (``config.json`` and the weights).
+
+Every source ends as s3prl's converted dict (``task_cfg``, ``model_cfg``, ``model_weight``,
+``dictionaries_symbols``), checked by building s3prl's ``HubertModel`` from it, so the export
+can merge tuned weights into exactly what was loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import REQUIRED_KEYS, build_hubert
+from .errors import ScoreError
+
+# The non-legacy URL in s3prl/upstream/hubert/hubconf.py:hubert_base (s3prl's converted
+# format of fairseq's hubert_base_ls960.pt). tests/test_base_models.py checks it is still there.
+HUBERT_BASE_URL = "https://huggingface.co/s3prl/converted_ckpts/resolve/main/hubert_base_ls960.pt"
+
+# s3prl HubertConfig requires a label rate; it only matters for pre-training targets.
+DEFAULT_LABEL_RATE = 50.0
+
+
+def load_base_state(spec: str, refresh: bool = False) -> tuple[dict[str, Any], str]:
+    """Load a base HuBERT as s3prl's converted dict.
+
+    Args:
+        spec: ``hubert_base``, a ``.pt`` checkpoint (converted or fairseq) or a transformers
+            ``HubertModel`` directory.
+        refresh: re-download ``hubert_base`` even when cached.
+    Returns:
+        (state, identity): the converted dict, and a string naming the source and the sha256 of
+        its weights file, for the export's metadata.
+    Raises:
+        ScoreError: the source is missing, unreadable, or not a HuBERT of a consistent shape.
+    """
+    if spec == "hubert_base":
+        path = Path(_download(HUBERT_BASE_URL, refresh))
+        state, kind = _load_pt(path), "hubert_base"
+    elif os.path.isdir(spec):
+        path = _hf_weights_file(Path(spec))
+        state, kind = convert_hf_dir(Path(spec)), f"hf:{Path(spec).resolve()}"
+    elif os.path.isfile(spec):
+        path = Path(spec)
+        state, kind = _load_pt(path), f"local:{path.resolve()}"
+    else:
+        raise ScoreError(
+            f"{spec}: base model not found (expected hubert_base, a .pt checkpoint "
+            "or a transformers HubertModel directory)"
+        )
+    check_hubert(state, spec)
+    return state, f"{kind} sha256:{_sha256(path)}"
+
+
+def check_hubert(state: dict[str, Any], source: str) -> None:
+    """Raise a ScoreError naming ``source`` unless ``state`` builds s3prl's HubertModel exactly."""
+    try:
+        build_hubert(state, source)
+    except ScoreError:
+        raise
+    except Exception as exc:  # bad config values surface as TypeError, AssertionError, ...
+        raise ScoreError(f"{source}: not a HuBERT model config ({type(exc).__name__}: {exc})") from exc
+
+
+def _download(url: str, refresh: bool) -> str:
+    from s3prl.util import download
+
+    try:
+        return download._urls_to_filepaths(url, refresh=refresh)
+    except Exception as exc:
+        raise ScoreError(
+            f"hubert_base: cannot download {url} ({exc}); when offline, pass a local checkpoint"
+        ) from exc
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- .pt files
+
+
+def _load_pt(path: Path) -> dict[str, Any]:
+    """Read a converted or fairseq checkpoint, telling them apart by their keys."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # fairseq checkpoints pickle fairseq objects (label dictionaries, meters)
+        state = _load_fairseq_pickle(path)
+    except Exception as exc:
+        raise ScoreError(f"{path}: not a loadable checkpoint ({exc})") from exc
+    if not isinstance(state, dict):
+        raise ScoreError(f"{path}: checkpoint is a {type(state).__name__}, expected a dict")
+    if all(key in state for key in REQUIRED_KEYS):
+        return state
+    if "model" in state and "cfg" in state:
+        return convert_fairseq_state(state, str(path))
+    raise ScoreError(
+        f"{path}: neither an s3prl converted HuBERT checkpoint (keys {', '.join(REQUIRED_KEYS)}) "
+        f"nor a fairseq one (keys cfg, model); it has {', '.join(sorted(map(str, state))[:8])}"
+    )
+
+
+def convert_fairseq_state(state: dict[str, Any], source: str) -> dict[str, Any]:
+    """Turn a loaded fairseq HuBERT checkpoint into s3prl's converted dict.
+
+    The mapping is s3prl's own (``s3prl.upstream.hubert.convert``): ``cfg.task`` and
+    ``cfg.model`` become the configs, ``model`` the weights (s3prl's HubertModel is fairseq's,
+    with the same parameter names), and the task's label dictionaries their symbol lists.
+    """
+    cfg = state["cfg"]
+    if cfg is not None and not isinstance(cfg, dict):
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(cfg):
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise ScoreError(f"{source}: fairseq checkpoint without a model config (cfg.model)")
+    name = str(cfg["model"].get("_name", "hubert"))
+    if not name.startswith("hubert"):
+        raise ScoreError(f"{source}: a fairseq {name!r} checkpoint, not a HuBERT one")
+    dictionaries = (state.get("task_state") or {}).get("dictionaries")
+    if dictionaries is None:
+        raise ScoreError(f"{source}: fairseq checkpoint without task_state.dictionaries")
+    return {
+        "task_cfg": dict(cfg.get("task") or {}),
+        "model_cfg": dict(cfg["model"]),
+        "model_weight": state["model"],
+        "dictionaries_symbols": [list(d.symbols) for d in dictionaries],
+    }
+
+
+class _FairseqObject:
+    """Stands in for a fairseq class while unpickling: keeps the pickled state as attributes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.state = state
+
+
+# Globals a fairseq checkpoint may reference besides fairseq's own classes. Anything else is
+# refused, so loading a checkpoint cannot run arbitrary code.
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("collections", "defaultdict"),
+    ("argparse", "Namespace"),
+    ("copyreg", "_reconstructor"),
+    ("typing", "Any"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch.nn.parameter", "Parameter"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+}
+_SAFE_MODULES = ("omegaconf.", "torch._utils")
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+
+class _FairseqUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        module = _PY2_MODULES.get(module, module)
+        if module == "fairseq" or module.startswith("fairseq."):
+            return type(name, (_FairseqObject,), {"__module__": module})
+        if (module, name) in _SAFE_GLOBALS or module.startswith(_SAFE_MODULES):
+            return super().find_class(module, name)
+        found = super().find_class(module, name) if module in ("builtins", "torch") else None
+        if isinstance(found, (type, torch.dtype)) and found is not type:
+            return found  # plain types (dict, int, ...) and torch dtypes
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a fairseq checkpoint")
+
+
+_fairseq_pickle = types.ModuleType("score_s3prl_fairseq_pickle")
+_fairseq_pickle.Unpickler = _FairseqUnpickler  # type: ignore[attr-defined]
+_fairseq_pickle.load = pickle.load  # type: ignore[attr-defined]
+
+
+def _load_fairseq_pickle(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_fairseq_pickle)
+    except Exception as exc:
+        raise ScoreError(f"{path}: not a loadable checkpoint ({exc})") from exc
+
+
+# ----------------------------------------------------------------------------- transformers
+
+# transformers HubertModel parameter names -> s3prl HubertModel names. The group-norm CNN
+# ("group", HuBERT Base) has one norm, in block 0; the layer-norm CNN ("layer") one per block.
+_HF_RULES = [
+    (r"masked_spec_embed", r"mask_emb"),
+    (r"feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
+    (r"feature_projection\.layer_norm\.", r"layer_norm."),
+    (r"feature_projection\.projection\.", r"post_extract_proj."),
+    (r"encoder\.pos_conv_embed\.conv\.bias", r"encoder.pos_conv.0.bias"),
+    # weight norm: old-style weight_g/weight_v or torch parametrizations original0/original1
+    (r"encoder\.pos_conv_embed\.conv\.(weight_g|parametrizations\.weight\.original0)",
+     r"encoder.pos_conv.0.weight_g"),
+    (r"encoder\.pos_conv_embed\.conv\.(weight_v|parametrizations\.weight\.original1)",
+     r"encoder.pos_conv.0.weight_v"),
+    (r"encoder\.layer_norm\.", r"encoder.layer_norm."),
+    (r"encoder\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
+    (r"encoder\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
+    (r"encoder\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
+    (r"encoder\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
+    (r"encoder\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_layer_norm."),
+]
+_HF_CNN_NORM = {
+    "group": (r"feature_extractor\.conv_layers\.0\.layer_norm\.", r"feature_extractor.conv_layers.0.2."),
+    "layer": (r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.", r"feature_extractor.conv_layers.\1.2.1."),
+}
+_HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def convert_hf_dir(directory: Path) -> dict[str, Any]:
+    """Convert a transformers ``HubertModel`` directory into s3prl's converted dict.
+
+    Weights saved from a model with a task head (``HubertForCTC``, ...) keep only the
+    ``hubert.`` part. Waveform normalisation comes from ``preprocessor_config.json``
+    (``do_normalize``) when present, as the transformers pipeline applies it before the model.
+    Weights s3prl keeps but transformers lacks (pre-training ``final_proj``, an absent
+    ``masked_spec_embed``) are zeros; they play no part in feature extraction.
+    """
+    from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
+
+    config = _hf_config(directory)
+    model_cfg, task_cfg = _hf_to_s3prl_config(config, _read_json(directory / "preprocessor_config.json", {}), directory)
+    rules = [*_HF_RULES, _HF_CNN_NORM[config.feat_extract_norm]]
+    weights = {}
+    for name, tensor in _hf_base_weights(directory).items():
+        for pattern, replacement in rules:
+            new_name, hits = re.subn(f"^{pattern}", replacement, name)
+            if hits:
+                weights[new_name] = tensor
+                break
+        else:
+            raise ScoreError(f"{directory}: weight {name} has no counterpart in s3prl's HubertModel")
+    template = HubertModel(HubertConfig(**model_cfg), HubertPretrainingConfig(**task_cfg), [])
+    for name, value in template.state_dict().items():
+        weights.setdefault(name, torch.zeros_like(value))
+    return {"task_cfg": task_cfg, "model_cfg": model_cfg, "model_weight": weights, "dictionaries_symbols": []}
+
+
+def _hf_config(directory: Path):
+    from transformers import HubertConfig as HFHubertConfig
+
+    raw = _read_json(directory / "config.json", None)
+    if raw.get("model_type") != "hubert":
+        raise ScoreError(f"{directory}/config.json: model_type is {raw.get('model_type')!r}, expected 'hubert'")
+    return HFHubertConfig.from_dict(raw)
+
+
+def _hf_to_s3prl_config(config, preprocessor: dict[str, Any], directory: Path):
+    """transformers HubertConfig (+ preprocessor settings) -> s3prl (model_cfg, task_cfg) dicts."""
+    unsupported = {
+        "conv_pos_batch_norm": getattr(config, "conv_pos_batch_norm", False),
+        "feat_proj_layer_norm is false": not config.feat_proj_layer_norm,
+        "layer_norm_eps != 1e-5": config.layer_norm_eps != 1e-5,  # s3prl's norms use 1e-5
+        "conv_dim[-1] == hidden_size (no projection in s3prl)": config.conv_dim[-1] == config.hidden_size,
+        "feat_extract_activation is not gelu": config.feat_extract_activation != "gelu",
+        "adapter layers": getattr(config, "adapter_attn_dim", None) is not None,
+    }
+    problems = [what for what, present in unsupported.items() if present]
+    if problems:
+        raise ScoreError(f"{directory}/config.json: not convertible to s3prl's HubertModel: {', '.join(problems)}")
+    conv = ", ".join(f"({d}, {k}, {s})" for d, k, s in zip(config.conv_dim, config.conv_kernel, config.conv_stride))
+    sample_rate = int(preprocessor.get("sampling_rate", 16000))
+    model_cfg = {
+        "label_rate": DEFAULT_LABEL_RATE,
+        "extractor_mode": {"group": "default", "layer": "layer_norm"}[config.feat_extract_norm],
+        "encoder_layers": config.num_hidden_layers,
+        "encoder_embed_dim": config.hidden_size,
+        "encoder_ffn_embed_dim": config.intermediate_size,
+        "encoder_attention_heads": config.num_attention_heads,
+        "activation_fn": config.hidden_act,
+        "dropout": config.hidden_dropout,
+        "attention_dropout": config.attention_dropout,
+        "activation_dropout": config.activation_dropout,
+        "encoder_layerdrop": config.layerdrop,
+        "dropout_input": config.feat_proj_dropout,
+        "layer_norm_first": config.do_stable_layer_norm,
+        "conv_feature_layers": f"[{conv}]",
+        "conv_bias": config.conv_bias,
+        "conv_pos": config.num_conv_pos_embeddings,
+        "conv_pos_groups": config.num_conv_pos_embedding_groups,
+    }
+    task_cfg = {
+        "label_rate": DEFAULT_LABEL_RATE,
+        "sample_rate": sample_rate,
+        "normalize": bool(preprocessor.get("do_normalize", False)),
+    }
+    return model_cfg, task_cfg
+
+
+def _hf_weights_file(directory: Path) -> Path:
+    for name in _HF_WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise ScoreError(f"{directory}: no transformers weights ({' or '.join(_HF_WEIGHT_FILES)})")
+
+
+def _hf_base_weights(directory: Path) -> dict[str, torch.Tensor]:
+    path = _hf_weights_file(directory)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            weights = load_file(str(path))
+        else:
+            weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ScoreError(f"{path}: cannot read the weights ({exc})") from exc
+    if any(name.startswith("hubert.") for name in weights):
+        # a model with a task head: the base model is under hubert., the head is dropped
+        weights = {name[len("hubert."):]: w for name, w in weights.items() if name.startswith("hubert.")}
+    return weights
+
+
+def _read_json(path: Path, default: dict[str, Any] | None) -> dict[str, Any]:
+    if not path.is_file():
+        if default is None:
+            raise ScoreError(f"{path}: not found (a transformers model directory needs it)")
+        return default
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ScoreError(f"{path}: not readable JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise ScoreError(f"{path}: expected a JSON object")
+    return value

@@ -1,0 +1,329 @@
+"""The SCORE student/teacher model: HuBERT last-layer frames, a shared head, soft-DTW loss.
+
+Two copies of one base HuBERT (s3prl's ``HubertModel``):
+
+* the **student**, partly trainable: the top ``trainable_layers`` transformer layers and, with
+  ``train_final_norm``, the model's two own LayerNorms (see ``FINAL_NORMS``); everything else
+  is frozen;
+* the **teacher**, frozen entirely, always in eval mode and run without gradients.
+
+Both branches give their last-layer output (what s3prl's hubert upstream returns as its last
+hidden state: the encoder output), a shared ``Linear(D -> head_dim)`` maps every frame and
+frames are L2-normalised. The loss is the soft-DTW divergence (squared Euclidean frame cost)
+between the two sequences divided by their summed length, averaged over the batch.
+
+Which LayerNorm is "the final layer norm" depends on where HuBERT puts its norms. In HuBERT
+Base (post-LN, ``layer_norm_first=False``) every layer ends with its own norm
+(``encoder.layers.i.final_layer_norm``, trained with the layer), and ``encoder.layer_norm`` is
+applied *before* layer 1, to the projected CNN features plus the positional convolution; there
+is no norm after the last layer. In HuBERT Large (pre-LN) ``encoder.layer_norm`` comes after
+the last layer. The official SCORE code freezes Base by parameter position and so trains
+``encoder.layer_norm`` and ``layer_norm`` (the LayerNorm on the CNN features), the last norms in
+parameter order. ``train_final_norm`` reproduces that: it trains both model-level norms, in
+Base as in Large. Because they sit at the bottom of Base, gradients then flow through all its
+layers (frozen layers are differentiated, not updated), as in the official recipe.
+
+Dropout: frozen modules run in eval mode (deterministic); trainable modules follow the
+model's mode, so in training the top layers use the base config's dropout, as the official
+recipe (which trained the whole upstream in train mode) does for them. Layer drop is off.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from .base_models import load_base_state
+from .checkpoint import build_hubert
+from .errors import ScoreError
+
+__all__ = [
+    "FINAL_NORMS",
+    "ScoreModel",
+    "conv_frame_lengths",
+    "correspondence_loss",
+    "last_layer_features",
+    "load_base_state",
+    "student_state_for_export",
+    "trainable_summary",
+]
+
+# The model-level LayerNorms that ``train_final_norm`` trains (s3prl HubertModel names).
+FINAL_NORMS = ("encoder.layer_norm", "layer_norm")
+
+
+def conv_frame_lengths(model: nn.Module, lengths: torch.Tensor) -> torch.Tensor:
+    """Frames the CNN of a HubertModel gives for waveforms of ``lengths`` samples.
+
+    Each unpadded convolution maps n samples to floor((n - kernel) / stride) + 1 (at least 0).
+    Args:
+        lengths: (B,) integer sample counts.
+    Returns:
+        (B,) int64 frame counts.
+    """
+    frames = lengths.long()
+    for block in model.feature_extractor.conv_layers:
+        conv = block[0]
+        frames = (torch.div(frames - conv.kernel_size[0], conv.stride[0], rounding_mode="floor") + 1).clamp(min=0)
+    return frames
+
+
+def last_layer_features(
+    model: nn.Module,
+    wavs: torch.Tensor,
+    lengths: torch.Tensor,
+    normalize: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last-layer frames of a HubertModel for a padded batch, equal to each utterance alone.
+
+    The same computation as ``HubertModel.extract_features`` (s3prl's last hidden state), made
+    exact for padded batches: the CNN runs per utterance (HuBERT Base's first CNN block
+    normalises over time, so padding would leak into it), frame lengths come from the
+    convolution arithmetic, and the transformer gets the matching padding mask. Parts of the
+    model with no trainable parameter below them run without autograd.
+
+    Args:
+        model: s3prl ``HubertModel`` with a transformer encoder.
+        wavs: (B, L) float waveforms at the model's rate, zero-padded.
+        lengths: (B,) valid samples per row.
+        normalize: zero-mean unit-variance each waveform first (the task's ``normalize``).
+    Returns:
+        (frames, frame_lengths): (B, T, D) with T = max frame length, frames past a row's
+        length are padding; and (B,) int64.
+    """
+    frame_lengths = conv_frame_lengths(model, lengths)
+    if bool((frame_lengths < 1).any()):
+        shortest = int(lengths.min())
+        raise ScoreError(f"an utterance of {shortest} samples is too short: HuBERT's CNN gives it no frame")
+    encoder = model.encoder
+    tracking = torch.is_grad_enabled()
+    with torch.no_grad():  # the CNN is never trained
+        per_utterance = []
+        for wav, n in zip(wavs, lengths.tolist()):
+            wav = wav[:n]
+            if normalize:
+                wav = F.layer_norm(wav, wav.shape)
+            per_utterance.append(model.feature_extractor(wav[None])[0].transpose(0, 1))
+        x = pad_sequence(per_utterance, batch_first=True)  # (B, T, C)
+    padding = torch.arange(x.shape[1], device=x.device)[None, :] >= frame_lengths[:, None]
+
+    front = [model.layer_norm, model.post_extract_proj, encoder.pos_conv]
+    if not encoder.layer_norm_first:
+        front.append(encoder.layer_norm)
+    grad = tracking and _trains(front)
+    with torch.set_grad_enabled(grad):
+        x = model.layer_norm(x)
+        if model.post_extract_proj is not None:
+            x = model.post_extract_proj(x)
+        x = model.dropout_input(x)
+        x = x.masked_fill(padding[..., None], 0.0)  # the positional conv must see zeros there
+        x = x + encoder.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+        if not encoder.layer_norm_first:
+            x = encoder.layer_norm(x)
+        x = F.dropout(x, p=encoder.dropout, training=encoder.training)
+    x = x.transpose(0, 1)  # the layers take (T, B, D)
+    for layer in encoder.layers:
+        grad = grad or (tracking and _trains([layer]))
+        with torch.set_grad_enabled(grad):
+            x, _ = layer(x, self_attn_padding_mask=padding, need_weights=False)
+    x = x.transpose(0, 1)
+    if encoder.layer_norm_first:
+        with torch.set_grad_enabled(grad or (tracking and _trains([encoder.layer_norm]))):
+            x = encoder.layer_norm(x)
+    return x, frame_lengths
+
+
+def _trains(modules: Iterable[nn.Module | None]) -> bool:
+    return any(p.requires_grad for m in modules if m is not None for p in m.parameters())
+
+
+def correspondence_loss(
+    x: torch.Tensor,
+    x_lengths: torch.Tensor,
+    y: torch.Tensor,
+    y_lengths: torch.Tensor,
+    gamma: float = 0.1,
+    bandwidth: int | None = None,
+) -> torch.Tensor:
+    """SCORE's loss per pair: soft-DTW divergence divided by (T_x + T_y).
+
+    Args:
+        x: (B, N, D) and y: (B, M, D) frame sequences, padded past their lengths.
+        x_lengths, y_lengths: (B,) valid frames.
+        gamma: soft-min smoothing; bandwidth: optional Sakoe-Chiba band in frames.
+    Returns:
+        (B,) losses.
+    """
+    from .softdtw import soft_dtw_divergence
+
+    divergence = soft_dtw_divergence(
+        x, y, x_lengths, y_lengths, gamma=gamma, cost="sqeuclidean", bandwidth=bandwidth
+    )
+    return divergence / (x_lengths + y_lengths).to(divergence.dtype)
+
+
+class ScoreModel(nn.Module):
+    """Student, frozen teacher and shared head, built from one base checkpoint.
+
+    Args:
+        base_state: s3prl converted HuBERT dict (see ``load_base_state``).
+        head_dim: output size of the shared Linear head.
+        trainable_layers: how many of the top transformer layers train (paper: 2).
+        train_final_norm: the model-level LayerNorms ``FINAL_NORMS`` train too (paper: yes;
+            see the module docstring for what they are in Base and Large).
+        gamma: soft-DTW smoothing. bandwidth: optional Sakoe-Chiba band in frames.
+    """
+
+    def __init__(
+        self,
+        base_state: dict[str, Any],
+        head_dim: int = 256,
+        trainable_layers: int = 2,
+        train_final_norm: bool = True,
+        gamma: float = 0.1,
+        bandwidth: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.student, task_cfg = build_hubert(base_state, "base model")
+        self.teacher, _ = build_hubert(base_state, "base model")
+        from s3prl.upstream.wav2vec2.wav2vec2_model import TransformerEncoder
+
+        if type(self.student.encoder) is not TransformerEncoder:
+            raise ScoreError(f"base model: encoder {type(self.student.encoder).__name__} is not supported")
+        layers = len(self.student.encoder.layers)
+        if not 0 <= trainable_layers <= layers:
+            raise ScoreError(f"model.trainable_layers: {trainable_layers} is not within 0..{layers}")
+        self.normalize = bool(task_cfg.normalize)
+        self.gamma, self.bandwidth = gamma, bandwidth
+        self.trainable_modules = [f"encoder.layers.{i}" for i in range(layers - trainable_layers, layers)]
+        if train_final_norm:
+            self.trainable_modules += list(FINAL_NORMS)
+        for model in (self.student, self.teacher):
+            model.encoder.layerdrop = 0.0
+            model.requires_grad_(False)
+        for name in self.trainable_modules:
+            self.student.get_submodule(name).requires_grad_(True)
+        self.head = nn.Linear(self.student.encoder.embedding_dim, head_dim)
+        self.train()
+
+    def train(self, mode: bool = True) -> "ScoreModel":
+        """Set the mode of the trainable modules; frozen ones and the teacher stay in eval."""
+        self.training = mode
+        self.head.train(mode)
+        self.teacher.eval()
+        self.student.eval()
+        for name in self.trainable_modules:
+            self.student.get_submodule(name).train(mode)
+        return self
+
+    def project(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) frames -> (B, T, head_dim) head outputs, L2-normalised per frame (fp32)."""
+        return F.normalize(self.head(frames).float(), dim=-1)
+
+    def forward(
+        self,
+        wav_student: torch.Tensor,
+        len_student: torch.Tensor,
+        wav_teacher: torch.Tensor,
+        len_teacher: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The SCORE loss for a batch of view pairs.
+
+        Args:
+            wav_student, wav_teacher: (B, L_s) and (B, L_t) zero-padded 16 kHz waveforms.
+            len_student, len_teacher: (B,) valid samples.
+        Returns:
+            (loss, stats): the batch mean of the per-pair losses; stats holds the detached
+            per-pair ``losses`` (B,) and the frame counts ``student_frames``, ``teacher_frames``.
+        """
+        xs, ls = last_layer_features(self.student, wav_student, len_student, self.normalize)
+        with torch.no_grad():
+            xt, lt = last_layer_features(self.teacher, wav_teacher, len_teacher, self.normalize)
+        losses = correspondence_loss(self.project(xs), ls, self.project(xt), lt, self.gamma, self.bandwidth)
+        stats = {"losses": losses.detach(), "student_frames": ls, "teacher_frames": lt}
+        return losses.mean(), stats
+
+
+def student_state_for_export(model: ScoreModel) -> dict[str, torch.Tensor]:
+    """The student's full state dict in s3prl ``HubertModel`` names, detached CPU copies."""
+    return {name: value.detach().cpu().clone() for name, value in model.student.state_dict().items()}
+
+
+def trainable_summary(model: ScoreModel) -> str:
+    """A table of the student's parts in computation order: parameters, whether they train.
+
+    Runs of transformer layers with the same status are merged into one row.
+    """
+    student, encoder = model.student, model.student.encoder
+    norm_role = "norm after the last layer (pre-LN)" if encoder.layer_norm_first else "norm on the transformer input (post-LN)"
+    parts: list[tuple[str, str]] = [
+        ("feature_extractor", "CNN waveform encoder"),
+        ("layer_norm", "norm on the CNN features"),
+        ("post_extract_proj", "projection to the model width"),
+        ("encoder.pos_conv", "positional convolution"),
+    ]
+    layers = [(f"encoder.layers.{i}", f"transformer layer {i + 1}") for i in range(len(encoder.layers))]
+    if encoder.layer_norm_first:
+        parts += [*layers, ("encoder.layer_norm", norm_role)]
+    else:
+        parts += [("encoder.layer_norm", norm_role), *layers]
+    parts += [("final_proj", "pre-training only, unused")]
+    rows = [_row(name, student.get_submodule(name).parameters(), role) for name, role in parts if _has(student, name)]
+    covered = {id(p) for name, _ in parts if _has(student, name) for p in student.get_submodule(name).parameters()}
+    leftover = [p for p in student.parameters() if id(p) not in covered]  # mask_emb, label embeddings
+    if leftover:
+        rows.append(_row("(other)", leftover, "pre-training only, unused"))
+    rows = _merge_layer_runs(rows)
+    rows.append(_row("head", model.head.parameters(), "shared Linear + L2 norm"))
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [f"{'student module':<{width}}{'params':>12}  {'trains':<7}role"]
+    lines += [f"{name:<{width}}{count:>12,}  {trains:<7}{role}" for name, count, trains, role in rows]
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in student.parameters())
+    teacher = sum(p.numel() for p in model.teacher.parameters())
+    lines.append(f"trainable: {trained:,} parameters (student {total:,}, teacher {teacher:,} frozen)")
+    return "\n".join(lines)
+
+
+def _has(model: nn.Module, name: str) -> bool:
+    try:
+        return model.get_submodule(name) is not None
+    except AttributeError:
+        return False
+
+
+def _row(name: str, params: Iterable[nn.Parameter], role: str) -> tuple[str, int, str, str]:
+    params = list(params)
+    training = {p.requires_grad for p in params}
+    trains = "partly" if len(training) > 1 else ("yes" if training == {True} else "no")
+    return name, sum(p.numel() for p in params), trains, role
+
+
+def _merge_layer_runs(rows: list[tuple[str, int, str, str]]) -> list[tuple[str, int, str, str]]:
+    merged: list[tuple[str, int, str, str]] = []
+    run: list[tuple[str, int, str, str]] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            merged.append(run[0])
+        elif run:
+            first, last = run[0][0].rsplit(".", 1)[1], run[-1][0].rsplit(".", 1)[1]
+            roles = f"transformer layers {int(first) + 1}-{int(last) + 1}"
+            merged.append((f"encoder.layers.{first}-{last}", sum(r[1] for r in run), run[0][2], roles))
+        run.clear()
+
+    for row in rows:
+        if row[0].startswith("encoder.layers.") and (not run or run[-1][2] == row[2]):
+            run.append(row)
+            continue
+        flush()
+        if row[0].startswith("encoder.layers."):
+            run.append(row)
+        else:
+            merged.append(row)
+    flush()
+    return merged
