@@ -79,6 +79,21 @@ def test_pitch_shift_moves_f0_and_keeps_duration(excerpt: torch.Tensor, semitone
     assert ratio == pytest.approx(2 ** (semitones / 12), rel=0.03)
 
 
+@pytest.mark.parametrize("semitones", [2.0, -2.0])
+def test_pitch_shift_of_a_tone_is_a_clean_tone(semitones: float) -> None:
+    """Off-bin tones, low and high, over 10 s: the phase vocoder must track their frequency."""
+    t = torch.arange(10 * SR) / SR
+    for freq in (220.0, 3217.0):
+        tone = 0.5 * torch.sin(2 * math.pi * freq * t)
+        out, _ = pitch_shift(tone[None], torch.tensor([tone.numel()]), semitones)
+        target = freq * 2 ** (semitones / 12)
+        for second in (1, 8):
+            seg = out[0, second * SR : (second + 1) * SR].numpy()
+            power = np.abs(np.fft.rfft(seg * np.hanning(SR))) ** 2  # 1 Hz bins
+            near = power[round(target) - 10 : round(target) + 11].sum()
+            assert near / power.sum() > 0.999, (freq, second)
+
+
 def test_per_utterance_values_match_one_by_one(speech: torch.Tensor) -> None:
     rows = [speech[:12000], speech[5000:30000], speech[:20000]]
     wavs, lengths = _batch(rows)
