@@ -15,6 +15,7 @@ can merge tuned weights into exactly what was loaded.
 
 from __future__ import annotations
 
+import _compat_pickle
 import hashlib
 import json
 import os
@@ -142,11 +143,15 @@ def convert_fairseq_state(state: dict[str, Any], source: str) -> dict[str, Any]:
     dictionaries = (state.get("task_state") or {}).get("dictionaries")
     if dictionaries is None:
         raise ScoreError(f"{source}: fairseq checkpoint without task_state.dictionaries")
+    try:
+        symbols = [list(d.symbols) for d in dictionaries]
+    except (AttributeError, TypeError) as exc:
+        raise ScoreError(f"{source}: unreadable label dictionaries in task_state ({exc})") from exc
     return {
         "task_cfg": dict(cfg.get("task") or {}),
         "model_cfg": dict(cfg["model"]),
         "model_weight": state["model"],
-        "dictionaries_symbols": [list(d.symbols) for d in dictionaries],
+        "dictionaries_symbols": symbols,
     }
 
 
@@ -183,12 +188,13 @@ _SAFE_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"),
 }
 _SAFE_MODULES = ("omegaconf.", "torch._utils")
-_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
 class _FairseqUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        module = _PY2_MODULES.get(module, module)
+        # protocol-2 pickles name Python 2 globals (__builtin__.long): check their Python 3 names
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if module == "fairseq" or module.startswith("fairseq."):
             return type(name, (_FairseqObject,), {"__module__": module})
         if (module, name) in _SAFE_GLOBALS or module.startswith(_SAFE_MODULES):

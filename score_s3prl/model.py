@@ -30,6 +30,7 @@ recipe (which trained the whole upstream in train mode) does for them. Layer dro
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterable
 
 import torch
@@ -95,6 +96,7 @@ def last_layer_features(
         (frames, frame_lengths): (B, T, D) with T = max frame length, frames past a row's
         length are padding; and (B,) int64.
     """
+    lengths = lengths.to(wavs.device)
     frame_lengths = conv_frame_lengths(model, lengths)
     if bool((frame_lengths < 1).any()):
         shortest = int(lengths.min())
@@ -256,28 +258,31 @@ def student_state_for_export(model: ScoreModel) -> dict[str, torch.Tensor]:
 def trainable_summary(model: ScoreModel) -> str:
     """A table of the student's parts in computation order: parameters, whether they train.
 
-    Runs of transformer layers with the same status are merged into one row.
+    Consecutive transformer layers with the same status share one row.
     """
     student, encoder = model.student, model.student.encoder
-    norm_role = "norm after the last layer (pre-LN)" if encoder.layer_norm_first else "norm on the transformer input (post-LN)"
-    parts: list[tuple[str, str]] = [
-        ("feature_extractor", "CNN waveform encoder"),
-        ("layer_norm", "norm on the CNN features"),
-        ("post_extract_proj", "projection to the model width"),
-        ("encoder.pos_conv", "positional convolution"),
-    ]
-    layers = [(f"encoder.layers.{i}", f"transformer layer {i + 1}") for i in range(len(encoder.layers))]
+
+    def part(name: str, role: str) -> tuple[str, int, str, str]:
+        return _row(name, student.get_submodule(name).parameters(), role)
+
+    rows = [part("feature_extractor", "CNN waveform encoder"), part("layer_norm", "norm on the CNN features")]
+    if student.post_extract_proj is not None:
+        rows.append(part("post_extract_proj", "projection to the model width"))
+    rows.append(part("encoder.pos_conv", "positional convolution"))
+    layers = []
+    for _, group in itertools.groupby(enumerate(encoder.layers), key=lambda item: _trains([item[1]])):
+        ids = [i for i, _ in group]
+        span = f"{ids[0]}-{ids[-1]}" if len(ids) > 1 else f"{ids[0]}"
+        numbers = f"s {ids[0] + 1}-{ids[-1] + 1}" if len(ids) > 1 else f" {ids[0] + 1}"
+        layers.append(_row(f"encoder.layers.{span}", (p for i in ids for p in encoder.layers[i].parameters()),
+                           f"transformer layer{numbers}"))
     if encoder.layer_norm_first:
-        parts += [*layers, ("encoder.layer_norm", norm_role)]
+        rows += [*layers, part("encoder.layer_norm", "norm after the last layer (pre-LN)")]
     else:
-        parts += [("encoder.layer_norm", norm_role), *layers]
-    parts += [("final_proj", "pre-training only, unused")]
-    rows = [_row(name, student.get_submodule(name).parameters(), role) for name, role in parts if _has(student, name)]
-    covered = {id(p) for name, _ in parts if _has(student, name) for p in student.get_submodule(name).parameters()}
-    leftover = [p for p in student.parameters() if id(p) not in covered]  # mask_emb, label embeddings
-    if leftover:
-        rows.append(_row("(other)", leftover, "pre-training only, unused"))
-    rows = _merge_layer_runs(rows)
+        rows += [part("encoder.layer_norm", "norm on the transformer input (post-LN)"), *layers]
+    unused = [p for m in (student.final_proj, student.target_glu) if m is not None for p in m.parameters()]
+    unused += list(student.parameters(recurse=False))  # mask_emb, label_embs_concat
+    rows.append(_row("(pre-training)", unused, "final_proj, mask_emb, label embeddings: unused"))
     rows.append(_row("head", model.head.parameters(), "shared Linear + L2 norm"))
     width = max(len(r[0]) for r in rows) + 2
     lines = [f"{'student module':<{width}}{'params':>12}  {'trains':<7}role"]
@@ -289,41 +294,8 @@ def trainable_summary(model: ScoreModel) -> str:
     return "\n".join(lines)
 
 
-def _has(model: nn.Module, name: str) -> bool:
-    try:
-        return model.get_submodule(name) is not None
-    except AttributeError:
-        return False
-
-
 def _row(name: str, params: Iterable[nn.Parameter], role: str) -> tuple[str, int, str, str]:
     params = list(params)
     training = {p.requires_grad for p in params}
     trains = "partly" if len(training) > 1 else ("yes" if training == {True} else "no")
     return name, sum(p.numel() for p in params), trains, role
-
-
-def _merge_layer_runs(rows: list[tuple[str, int, str, str]]) -> list[tuple[str, int, str, str]]:
-    merged: list[tuple[str, int, str, str]] = []
-    run: list[tuple[str, int, str, str]] = []
-
-    def flush() -> None:
-        if len(run) == 1:
-            merged.append(run[0])
-        elif run:
-            first, last = run[0][0].rsplit(".", 1)[1], run[-1][0].rsplit(".", 1)[1]
-            roles = f"transformer layers {int(first) + 1}-{int(last) + 1}"
-            merged.append((f"encoder.layers.{first}-{last}", sum(r[1] for r in run), run[0][2], roles))
-        run.clear()
-
-    for row in rows:
-        if row[0].startswith("encoder.layers.") and (not run or run[-1][2] == row[2]):
-            run.append(row)
-            continue
-        flush()
-        if row[0].startswith("encoder.layers."):
-            run.append(row)
-        else:
-            merged.append(row)
-    flush()
-    return merged
