@@ -31,6 +31,9 @@ from .errors import ScoreError
 # Largest denominator of the rational approximation of a ratio: 2**(2/12) becomes 55/49
 # (0.001 % off), and resampling kernels stay at most ~100 phases.
 MAX_DENOMINATOR = 100
+# Speed factors and pitch ratios must lie in [MIN_RATIO, 1 / MIN_RATIO] (+-39 semitones):
+# beyond, the approximation above is too coarse.
+MIN_RATIO = 0.1
 # Phase-vocoder analysis window (32 ms, as torchaudio's PitchShift at 16 kHz) and hop.
 WINDOW_SECONDS = 0.032
 HOPS_PER_WINDOW = 4
@@ -105,10 +108,10 @@ class CorrespondenceViews(nn.Module):
         sample_rate: int = SAMPLE_RATE,
     ) -> None:
         super().__init__()
-        if not speed_factors or any(not f > 0 for f in speed_factors):
-            raise ScoreError(f"speed_factors must be positive numbers, got {list(speed_factors)}")
-        if not semitones:
-            raise ScoreError("semitones must list at least one pitch shift")
+        if not speed_factors or not semitones:
+            raise ScoreError("speed_factors and semitones must each list at least one value")
+        _check_ratios([float(f) for f in speed_factors], "speed_factors")
+        _check_ratios([2.0 ** (s / 12.0) for s in semitones], "pitch ratios 2**(semitones/12)")
         if not 0.0 <= swap_prob <= 1.0:
             raise ScoreError(f"swap_prob must lie in [0, 1], got {swap_prob}")
         self.speed_factors = [float(f) for f in speed_factors]
@@ -161,19 +164,18 @@ def _per_value(
             f"{tuple(lengths.shape)}"
         )
     values = _as_list(values, wavs.shape[0], name)
-    if any(not v > 0 for v in values):
-        raise ScoreError(f"{name} must be positive, got {values}")
+    _check_ratios(values, name)
     lengths = lengths.to(device=wavs.device, dtype=torch.long)
     pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for value in sorted(set(values)):
         rows = torch.tensor([i for i, v in enumerate(values) if v == value], device=wavs.device)
         sub_lengths = lengths[rows]
-        sub = wavs[rows, : int(sub_lengths.max()) if rows.numel() else 0]
+        sub = wavs[rows, : int(sub_lengths.max())]
         ratio = Fraction(value).limit_denominator(MAX_DENOMINATOR)
         if ratio != 1:
             sub, sub_lengths = fn(sub, sub_lengths, ratio)
         pieces.append((rows, sub, sub_lengths))
-    width = max(sub.shape[-1] for _, sub, _ in pieces)
+    width = max((sub.shape[-1] for _, sub, _ in pieces), default=0)
     out = wavs.new_zeros(wavs.shape[0], width)
     out_lengths = torch.empty_like(lengths)
     for rows, sub, sub_lengths in pieces:
@@ -231,18 +233,18 @@ def _time_stretch(
     k = torch.arange(bins, device=device)[:, None]
     advance = (2.0 * math.pi * hop / n_fft) * k  # (F, 1) expected phase advance per hop
     # Per input frame n: how far the phase advance from n to n + 1 departs from the expected.
-    deviation = torch.diff(angle, dim=-1) - advance
-    deviation = deviation - (2.0 * math.pi) * torch.round(deviation / (2.0 * math.pi))
-    deviation = deviation[..., left]
+    # (In-place steps: these (B, F, N) tensors are most of the time spent.)
+    deviation = torch.diff(angle, dim=-1).sub_(advance)
+    deviation = deviation.add_(math.pi).remainder_(2.0 * math.pi).sub_(math.pi)[..., left]
     # Frame m's phase: the first frame's phase plus the advances of frames 0 .. m-1.
-    accumulated = torch.cumsum(deviation, dim=-1) - deviation
     expected = (2.0 * math.pi / n_fft) * ((k * hop * m) % n_fft).float()
-    phase = angle[..., :1] + expected + accumulated
+    phase = torch.cumsum(deviation, dim=-1).sub_(deviation).add_(expected).add_(angle[..., :1])
     magnitude = torch.lerp(magnitude[..., left], magnitude[..., left + 1], frac)
     stretched = torch.polar(magnitude, phase)
     p, q = ratio.numerator, ratio.denominator
     new_lengths = (2 * p * lengths + q) // (2 * q)
-    out = torch.istft(stretched, n_fft, hop, window=window, center=True, length=int(new_lengths.max()))
+    width = int(new_lengths.max())
+    out = torch.istft(stretched, n_fft, hop, window=window, center=True, length=width)
     return _zero_padding(out.to(wavs.dtype), new_lengths), new_lengths
 
 
@@ -256,6 +258,11 @@ def _as_list(values: Values, batch: int, name: str) -> list[float]:
     if len(values) != batch:
         raise ScoreError(f"{name}: expected one value or {batch}, got {len(values)}")
     return values
+
+
+def _check_ratios(values: list[float], name: str) -> None:
+    if any(not MIN_RATIO <= v <= 1 / MIN_RATIO for v in values):
+        raise ScoreError(f"{name} must lie in [{MIN_RATIO}, {1 / MIN_RATIO}], got {values}")
 
 
 def _fit(wavs: torch.Tensor, width: int) -> torch.Tensor:

@@ -9,9 +9,9 @@ exact (epoch, batch) position. :func:`load_batch` reads one batch into a padded 
 Unusable audio never stops training: missing, corrupt and too-short files are skipped with a
 :class:`CorpusWarning` and counted; only a corpus with no usable audio at all is an error.
 
-Manifest format (also the scan cache's first two columns): one utterance per line,
-``path<TAB>num_samples``; a relative path is relative to the manifest's folder; blank lines and
-lines starting with ``#`` are ignored.
+Manifest format: one utterance per line, ``path<TAB>num_samples`` (further columns are
+ignored); a relative path is relative to the manifest's folder; blank lines and lines starting
+with ``#`` are ignored.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class BatchPlan:
         utterances: the corpus; batches hold indices into it.
         batch_seconds: budget of padded audio per batch, in seconds.
         max_batch_size: most utterances per batch (None: no limit).
-        seed: with the epoch, fixes batch composition and order.
+        seed: non-negative; with the epoch, fixes batch composition and order.
         crop_samples: utterances longer than this are cropped when loaded (None: never).
         min_samples: shorter utterances are left out.
         sample_rate: Hz of ``num_samples``.
@@ -301,7 +301,7 @@ def _read_cache(cache: Path) -> dict[str, tuple[int | str, int, int]]:
             path, probed, size, mtime = line.split("\t")
             known[path] = (int(probed) if probed.isdigit() else probed, int(size), int(mtime))
     except (OSError, ValueError) as exc:
-        warnings.warn(f"{cache}: unreadable scan cache ignored ({exc})", CorpusWarning, stacklevel=3)
+        warnings.warn(f"{cache}: unreadable scan cache ignored ({exc})", CorpusWarning, 3)
         return {}
     return known
 

@@ -116,6 +116,12 @@ def test_identity_values_return_input(speech: torch.Tensor) -> None:
     assert torch.equal(out, wavs) and torch.equal(out_len, lengths)
 
 
+def test_empty_batch_passes_through() -> None:
+    wavs, lengths = torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    wav_a, len_a, wav_b, len_b = CorrespondenceViews()(wavs, lengths, torch.Generator())
+    assert wav_a.shape == wav_b.shape == (0, 0) and len_a.shape == len_b.shape == (0,)
+
+
 def _swapped(views, wavs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Which rows got the perturbed view on branch a (branch b must then hold the original)."""
     wav_a, len_a, wav_b, len_b = views
@@ -179,16 +185,22 @@ def test_swap_extremes(many) -> None:
 
 def test_bad_arguments_are_clear_errors(speech: torch.Tensor) -> None:
     wavs, lengths = _batch([speech[:4000], speech[:3000]])
-    with pytest.raises(ScoreError, match="factor must be positive"):
+    with pytest.raises(ScoreError, match=r"factor must lie in \[0.1, 10.0\]"):
         speed_perturb(wavs, lengths, [1.1, -1.0])
+    with pytest.raises(ScoreError, match="pitch ratio must lie in"):
+        pitch_shift(wavs, lengths, 48.0)
     with pytest.raises(ScoreError, match="expected one value or 2"):
         pitch_shift(wavs, lengths, [2.0, 2.0, 2.0])
     with pytest.raises(ScoreError, match="lengths"):
         speed_perturb(wavs, lengths[:1], 0.9)
     with pytest.raises(ScoreError, match="swap_prob"):
         CorrespondenceViews(swap_prob=1.5)
-    with pytest.raises(ScoreError, match="speed_factors"):
+    with pytest.raises(ScoreError, match="speed_factors must lie in"):
         CorrespondenceViews(speed_factors=(0.0, 1.0))
+    with pytest.raises(ScoreError, match="semitones"):
+        CorrespondenceViews(semitones=(-2.0, 48.0))
+    with pytest.raises(ScoreError, match="at least one value"):
+        CorrespondenceViews(semitones=())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
