@@ -1,0 +1,137 @@
+"""s3prl hub entries for SCORE-tuned HuBERT checkpoints.
+
+=======================  ================================================================
+entry                    checkpoint
+=======================  ================================================================
+``score_hubert_local``   ``-k PATH``: a converted HuBERT checkpoint file
+``score_hubert_url``     ``-k URL``: downloaded once into s3prl's download cache (``-r``
+                         downloads again), like s3prl's own ``*_url`` entries
+``score_hubert``         ``-k PATH`` if given, else ``$SCORE_HUBERT_CKPT``, else
+                         ``exp/score_hubert_base/score_hubert.pt`` (relative to the working
+                         directory: where ``score-s3prl finetune`` writes with its default ``out``)
+=======================  ================================================================
+
+A checkpoint is s3prl's converted HuBERT format (``task_cfg``, ``model_cfg``, ``model_weight``,
+``dictionaries_symbols``) with an optional ``score`` metadata block; a plain converted HuBERT
+loads too. The upstream is s3prl's own HuBERT expert, so it has the same contract: one hidden
+state per transformer layer plus the input to the first, 320 samples per frame, s3prl's hooks
+and featurizer. Only loading differs: a bad file is reported as one
+:class:`~score_s3prl.errors.ScoreError` naming the file and the problem.
+
+:func:`register` attaches the entries to ``s3prl.hub`` (after :func:`score_s3prl.compat.apply`),
+which is where s3prl's runner looks up ``-u``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Any, Iterator
+
+from s3prl.upstream.hubert import expert as hubert_expert
+from s3prl.upstream.hubert.expert import UpstreamExpert
+
+from . import compat
+from .checkpoint import build_hubert, read_converted
+from .errors import ScoreError
+
+CKPT_ENV = "SCORE_HUBERT_CKPT"
+DEFAULT_CKPT = os.path.join("exp", "score_hubert_base", "score_hubert.pt")
+MAKE_ONE = (
+    "make one with `score-s3prl finetune --config upstream_configs/score_hubert_base.yaml` "
+    "(it writes <out>/score_hubert.pt), or name one with -k PATH or $" + CKPT_ENV
+)
+
+_loader_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _preloaded(model: Any, task_cfg: Any) -> Iterator[None]:
+    """Let s3prl's HuBERT expert take an already checked model instead of loading ``ckpt``.
+
+    The expert's constructor loads through the module-level ``load_converted_model``; swapping
+    it for the duration of one constructor call reuses all of the expert (hooks, forward,
+    downsample rate) without loading the file twice or copying its code.
+    """
+    with _loader_lock:
+        original = hubert_expert.load_converted_model
+        hubert_expert.load_converted_model = lambda ckpt: (model, task_cfg)
+        try:
+            yield
+        finally:
+            hubert_expert.load_converted_model = original
+
+
+class ScoreHubertExpert(UpstreamExpert):
+    """s3prl's HuBERT upstream built from a checked converted checkpoint.
+
+    Attributes:
+        score_metadata: the checkpoint's ``score`` block (dict), or None for a plain HuBERT.
+    """
+
+    def __init__(self, ckpt: str | os.PathLike, **kwargs: Any) -> None:
+        ckpt = os.fspath(ckpt)
+        state = read_converted(ckpt)
+        model, task_cfg = build_hubert(state, ckpt)
+        with _preloaded(model, task_cfg):
+            super().__init__(ckpt, **kwargs)
+        self.score_metadata = state.get("score")
+
+
+def score_hubert_local(ckpt: str | None = None, model_config: str | None = None, refresh: bool = False,
+                       **kwargs: Any):
+    """The upstream for the converted checkpoint file ``ckpt`` (``-u score_hubert_local -k PATH``)."""
+    if not ckpt:
+        raise ScoreError("score_hubert_local needs a checkpoint file: -k PATH")
+    return ScoreHubertExpert(ckpt, **kwargs)
+
+
+def score_hubert_url(ckpt: str | None = None, model_config: str | None = None, refresh: bool = False,
+                     **kwargs: Any):
+    """The upstream for a checkpoint URL (``-u score_hubert_url -k URL``), cached like s3prl's downloads.
+
+    ``refresh`` (``-r``) downloads again. Any scheme ``urllib`` opens works (https, http, file).
+    """
+    if not ckpt:
+        raise ScoreError("score_hubert_url needs a checkpoint URL: -k https://...")
+    from s3prl.util.download import _urls_to_filepaths
+
+    try:
+        path = _urls_to_filepaths(ckpt, refresh=refresh)
+    except Exception as exc:  # urllib, requests and filelock raise many types
+        raise ScoreError(f"{ckpt}: cannot download checkpoint ({exc})") from exc
+    return ScoreHubertExpert(path, **kwargs)
+
+
+def default_checkpoint() -> str:
+    """The checkpoint ``score_hubert`` loads without ``-k``: ``$SCORE_HUBERT_CKPT`` or :data:`DEFAULT_CKPT`."""
+    return os.environ.get(CKPT_ENV) or DEFAULT_CKPT
+
+
+def score_hubert(ckpt: str | None = None, model_config: str | None = None, refresh: bool = False,
+                 **kwargs: Any):
+    """The SCORE-tuned HuBERT (``-u score_hubert``): ``-k`` if given, else :func:`default_checkpoint`."""
+    if ckpt:
+        return score_hubert_local(ckpt, **kwargs)
+    path = default_checkpoint()
+    if not os.path.isfile(path):
+        source = f"named by ${CKPT_ENV}" if os.environ.get(CKPT_ENV) else f"the default path; ${CKPT_ENV} is not set"
+        raise ScoreError(f"{path}: score_hubert checkpoint not found ({source}); {MAKE_ONE}")
+    return score_hubert_local(path, **kwargs)
+
+
+ENTRIES = {
+    "score_hubert": score_hubert,
+    "score_hubert_local": score_hubert_local,
+    "score_hubert_url": score_hubert_url,
+}
+
+
+def register() -> None:
+    """Apply :mod:`score_s3prl.compat` and attach :data:`ENTRIES` to ``s3prl.hub`` (idempotent)."""
+    compat.apply()
+    import s3prl.hub
+
+    for name, entry in ENTRIES.items():
+        setattr(s3prl.hub, name, entry)

@@ -1,0 +1,78 @@
+"""``score-s3prl downstream ARGS``: s3prl's own ``run_downstream.py`` with SCORE upstreams and recipes.
+
+ARGS are s3prl's flags, unchanged (``-m -u -k -d -c -o -p -e -n -t -l --device`` ...). Before
+handing them to s3prl's ``main`` this
+
+1. applies :mod:`score_s3prl.compat` (stock s3prl on torch/torchaudio 2.11, huggingface_hub >= 1);
+2. registers the ``score_hubert*`` hub entries (:mod:`score_s3prl.hub`);
+3. supplies the recipes the registry's s3prl lacks (:mod:`score_s3prl.recipes`): ``-d asr``,
+   ``-d ctc`` and ``-d quesst14_dtw`` get our config when no ``-c`` is given, relative asset
+   paths resolve against the config's folder (any working directory works), and data paths
+   are checked after ``-o`` with errors that name the config key and how to set it.
+
+Example::
+
+    score-s3prl downstream -m train -u score_hubert -d asr -n asr_score -o "$(...prepare asr ...)"
+    score-s3prl downstream -m evaluate -e result/downstream/asr_score/dev-clean-best.ckpt -t test-clean
+
+Also runs as ``python -m score_s3prl.run_downstream ARGS``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import compat, hub, recipes
+from .errors import ScoreError
+
+
+def _one_line(exc: ScoreError) -> ScoreError:
+    """A ScoreError raised in a DataLoader worker, back to its own message.
+
+    PyTorch re-raises worker exceptions as the same type with the worker's whole traceback as
+    the message; its last line is ``module.Class: <the original message>``.
+    """
+    text = str(exc).strip()
+    if "Original Traceback" not in text:
+        return exc
+    last = text.splitlines()[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return type(exc)(last[len(prefix):] if last.startswith(prefix) else last)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run s3prl's ``run_downstream.main`` on ``argv`` (default: ``sys.argv[1:]``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    compat.apply()
+    hub.register()
+    recipes.install()
+    from s3prl import run_downstream as stock
+
+    stock_args = stock.get_downstream_args
+
+    def get_downstream_args():
+        # s3prl reads -c and applies -o here; our paths are resolved and checked right after.
+        args, config, backup_files = stock_args()
+        recipes.prepare_config(args, config)
+        return args, config, backup_files
+
+    saved_argv = sys.argv
+    sys.argv = [stock.__file__, *recipes.with_default_config(argv)]
+    stock.get_downstream_args = get_downstream_args
+    try:
+        stock.main()
+    except ScoreError as exc:
+        clean = _one_line(exc)
+        if clean is exc:
+            raise
+        raise clean from exc
+    finally:
+        sys.argv = saved_argv
+        stock.get_downstream_args = stock_args
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["downstream", *sys.argv[1:]]))
