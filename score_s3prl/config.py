@@ -42,7 +42,7 @@ class ViewsConfig:
 class ModelConfig:
     head_dim: int = 256  # output size of the shared Linear head
     trainable_layers: int = 2  # top transformer layers that train (paper: 11-12 of 12)
-    train_final_norm: bool = True  # the encoder's final layer norm trains too
+    train_final_norm: bool = True  # also train encoder.layer_norm and layer_norm (official code; Base: before layer 1)
 
 
 @dataclass

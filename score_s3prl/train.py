@@ -1,0 +1,424 @@
+"""``score-s3prl finetune``: SCORE fine-tuning, pretrained HuBERT in, s3prl upstream out.
+
+One file, one loop. Each update draws ``optim.utterances_per_update`` utterances (in
+length-bucketed micro-batches), makes an original and a perturbed view of each, runs the
+trainable student on one view and the frozen teacher on the other, and minimises the
+soft-DTW divergence between their projected last-layer frames. The run directory holds::
+
+    train_state.pt     resumable state (trainable weights, optimiser, scheduler, RNG, data position)
+    train_log.csv      one row per ``log_every`` updates; loss.png plots it at the end
+    tensorboard/       TensorBoard scalars
+    score_hubert.pt    the export: s3prl's converted HuBERT format plus a ``score`` block
+
+Re-running with the same ``out`` resumes from ``train_state.pt``. SIGINT/SIGTERM save the
+state at the next update boundary before exiting, so a pre-empted job loses nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from . import __version__
+from .checkpoint import write_converted
+from .config import TrainConfig, config_dict, config_hash, load_config
+from .errors import ScoreError
+from .fileio import atomic_open, atomic_torch_save
+
+SAMPLE_RATE = 16000
+STATE_FILE = "train_state.pt"
+EXPORT_FILE = "score_hubert.pt"
+LOG_FIELDS = ("update", "loss", "lr", "grad_norm", "audio_hours", "skipped_files", "seconds")
+
+
+@dataclass
+class Position:
+    """Where the run is: enough to continue exactly where a checkpoint left off."""
+
+    update: int = 0  # optimiser updates done
+    epoch: int = 0  # pass over the corpus
+    cursor: int = 0  # next batch index within the epoch's batch list
+    audio_seconds: float = 0.0  # original-view audio seen by all ranks
+    skipped_files: int = 0  # unreadable or too-short files met so far
+    bad_in_a_row: int = 0  # consecutive non-finite losses
+
+
+@dataclass
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def init_distributed(device: str) -> Ranks:
+    """Join the torchrun process group when launched by torchrun, else a single process."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return Ranks()
+    backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+    dist.init_process_group(backend)
+    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def pick_device(name: str, ranks: Ranks) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ScoreError(f"device {name!r} asked for, but CUDA is not available")
+        if ranks.world > 1:
+            device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def update_seed(seed: int, update: int, rank: int) -> int:
+    """The seed of one update on one rank. Reseeding every update makes a resumed run draw
+    the same crops, views and dropout as an uninterrupted one, with no RNG state to save."""
+    return (seed * 1_000_003 + update) * 1024 + rank
+
+
+def lr_factor(update: int, warmup: int, total: int) -> float:
+    """Linear warm-up from 0 over ``warmup`` updates, then linear decay to 0 at ``total``."""
+    if update < warmup:
+        return (update + 1) / warmup
+    return max(0.0, (total - update) / max(1, total - warmup))
+
+
+def load_utterances(cfg: TrainConfig, out: Path):
+    from .data import read_manifest, scan_librispeech
+
+    if cfg.data.manifest:
+        return read_manifest(cfg.data.manifest)
+    if not cfg.data.root:
+        raise ScoreError("no training data: set data.root (or --data) or data.manifest")
+    cache = cfg.data.cache_dir or out / "cache"
+    return scan_librispeech(cfg.data.root, cfg.data.subsets, cache_dir=cache)
+
+
+def batch_stream(plan, position: Position, ranks: Ranks) -> Iterator[list[int]]:
+    """This rank's micro-batches from ``position`` on; ranks take turns in the batch list.
+
+    ``position.epoch`` and ``position.cursor`` advance as batches are handed out, so the
+    position saved after an update is exactly where the next update starts.
+    """
+    while True:
+        batches = plan.epoch_batches(position.epoch)
+        while position.cursor + ranks.world <= len(batches):
+            mine = batches[position.cursor + ranks.rank]
+            position.cursor += ranks.world
+            yield mine
+        position.epoch, position.cursor = position.epoch + 1, 0
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def save_state(path: Path, model, optimizer, scheduler, position: Position, cfg) -> None:
+    trainable = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
+    atomic_torch_save(
+        {
+            "trainable": trainable,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "position": vars(position),
+            "config_hash": config_hash(cfg),
+        },
+        path,
+    )
+
+
+def load_state(path: Path, model, optimizer, scheduler, cfg) -> Position:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ScoreError(f"{path}: cannot read the training state ({exc}); move it away to restart") from exc
+    if state["config_hash"] != config_hash(cfg):
+        raise ScoreError(
+            f"{path}: this run directory was trained with another config "
+            f"(hash {state['config_hash']} != {config_hash(cfg)}); use a new --out or the same config"
+        )
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return Position(**state["position"])
+
+
+def export(path: Path, base_state: dict, base_identity: str, model, cfg, position: Position) -> None:
+    """Write the tuned student merged into the base checkpoint, in s3prl's converted format."""
+    from .model import student_state_for_export
+
+    weights = dict(base_state["model_weight"])
+    weights.update(student_state_for_export(model))
+    write_converted(
+        path,
+        task_cfg=base_state["task_cfg"],
+        model_cfg=base_state["model_cfg"],
+        model_weight=weights,
+        dictionaries_symbols=base_state["dictionaries_symbols"],
+        score={
+            "method": "SCORE",
+            "config": config_dict(cfg),
+            "config_hash": config_hash(cfg),
+            "updates": position.update,
+            "audio_hours": position.audio_seconds / 3600,
+            "base_model": base_identity,
+            "score_s3prl_version": __version__,
+        },
+    )
+
+
+def append_log(path: Path, rows: list[dict], keep_upto: int | None = None) -> None:
+    """Append rows to the CSV log atomically; on resume, drop rows past the resumed update."""
+    old = []
+    if path.exists():
+        with open(path, newline="") as handle:
+            old = [r for r in csv.DictReader(handle) if keep_upto is None or int(r["update"]) <= keep_upto]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS)
+    writer.writeheader()
+    writer.writerows(old + rows)
+    with atomic_open(path, "w", newline="") as handle:
+        handle.write(buffer.getvalue())
+
+
+def plot_log(csv_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([int(r["update"]) for r in rows], [float(r["loss"]) for r in rows])
+    ax.set_xlabel("update")
+    ax.set_ylabel("soft-DTW divergence / (Tx + Ty)")
+    ax.set_title("SCORE fine-tuning loss")
+    fig.tight_layout()
+    with atomic_open(png_path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120)
+    plt.close(fig)
+
+
+class StopRequest:
+    """Within ``with``: SIGINT/SIGTERM set a flag that the loop checks between updates."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal = signum
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) SCORE fine-tuning as ``cfg`` says; returns the export's path."""
+    from tensorboardX import SummaryWriter
+
+    from .augment import CorrespondenceViews
+    from .data import BatchPlan, load_batch
+    from .base_models import load_base_state
+    from .model import ScoreModel, trainable_summary
+
+    if not cfg.init:
+        raise ScoreError("no base model: set `init` (or --init) to hubert_base, a checkpoint or an HF directory")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ranks = init_distributed(cfg.device)
+    device = pick_device(cfg.device, ranks)
+    seed_everything(cfg.seed)  # the same head init on every rank
+
+    base_state, base_identity = load_base_state(cfg.init)
+    model = ScoreModel(base_state, **vars(cfg.model), gamma=cfg.loss.gamma, bandwidth=cfg.loss.bandwidth).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    o = cfg.optim
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_factor(u, o.warmup_updates, o.total_updates))
+    views = CorrespondenceViews(cfg.views.speed_factors, cfg.views.semitones, cfg.views.swap_prob, SAMPLE_RATE)
+    generator = torch.Generator()  # crops and views; reseeded every update
+
+    utterances = load_utterances(cfg, out)
+    crop, min_len = int(cfg.data.crop_seconds * SAMPLE_RATE), int(cfg.data.min_seconds * SAMPLE_RATE)
+    plan = BatchPlan(utterances, cfg.data.batch_seconds, cfg.data.batch_size, cfg.seed,
+                     crop_samples=crop, min_samples=min_len)  # too-short files are left out and counted
+    position = Position()
+    state_path, log_path = out / STATE_FILE, out / "train_log.csv"
+    if state_path.exists():
+        position = load_state(state_path, model, optimizer, scheduler, cfg)
+        append_log(log_path, [], keep_upto=position.update)
+        if ranks.main:
+            print(f"resuming {out} at update {position.update}", file=sys.stderr)
+    if ranks.main:
+        print(trainable_summary(model), file=sys.stderr)
+
+    batches = batch_stream(plan, position, ranks)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    share = math.ceil(o.utterances_per_update / ranks.world)  # utterances per rank per update
+    writer = SummaryWriter(str(out / "tensorboard")) if ranks.main else None
+    bar = tqdm(total=o.total_updates, initial=position.update, disable=not ranks.main, unit="update")
+    log_rows, started = [], time.time()
+
+    with StopRequest() as stop:
+        while position.update < o.total_updates and stop.signal is None:
+            optimizer.zero_grad(set_to_none=True)
+            torch.manual_seed(update_seed(cfg.seed, position.update, ranks.rank))  # dropout
+            generator.manual_seed(update_seed(cfg.seed, position.update, ranks.rank))
+            count = loss_sum = seconds = 0.0
+            while not all_ranks_done(count >= share, ranks):
+                wavs, lengths, skipped = load_batch(utterances, next(batches), crop, min_len, generator)
+                position.skipped_files += skipped
+                if len(lengths) == 0:
+                    continue
+                s_wav, s_len, t_wav, t_len = views(wavs.to(device), lengths.to(device), generator)
+                with amp:
+                    loss, _ = model(s_wav, s_len, t_wav, t_len)
+                (loss * len(lengths)).backward()  # a sum over utterances: divided by the count below
+                count += len(lengths)
+                loss_sum += loss.item() * len(lengths)
+                seconds += lengths.sum().item() / SAMPLE_RATE
+            count, loss_sum, seconds = reduce_update(params, count, loss_sum, seconds, ranks)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+            loss_value = loss_sum / count
+            if not (math.isfinite(loss_value) and torch.isfinite(grad_norm)):
+                position.bad_in_a_row += 1
+                tqdm.write(f"update {position.update + 1}: non-finite loss or gradient ({loss_value}), skipped")
+                if position.bad_in_a_row >= cfg.max_bad_losses:
+                    raise ScoreError(f"{cfg.max_bad_losses} non-finite losses in a row: stopping "
+                                     f"(the last good state is in {state_path})")
+                continue
+            optimizer.step()
+            scheduler.step()
+            position.update, position.bad_in_a_row = position.update + 1, 0
+            position.audio_seconds += seconds
+            hours, lr = position.audio_seconds / 3600, scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", hours=f"{hours:.2f}", refresh=False)
+            bar.update(1)
+            if ranks.main and position.update % cfg.log_every == 0:
+                row = dict(update=position.update, loss=loss_value, lr=lr, grad_norm=grad_norm.item(),
+                           audio_hours=hours, skipped_files=position.skipped_files,
+                           seconds=round(time.time() - started, 1))
+                log_rows.append(row)
+                for key in ("loss", "lr", "grad_norm", "audio_hours"):
+                    writer.add_scalar(f"train/{key}", row[key], position.update)
+            if ranks.main and position.update % cfg.save_every == 0:
+                save_state(state_path, model, optimizer, scheduler, position, cfg)
+                append_log(log_path, log_rows)
+                log_rows = []
+    bar.close()
+
+    export_path = out / EXPORT_FILE
+    if ranks.main:
+        save_state(state_path, model, optimizer, scheduler, position, cfg)
+        append_log(log_path, log_rows)
+        writer.close()
+        if stop.signal is not None:
+            print(f"stopped by signal {stop.signal} at update {position.update}; re-run to resume",
+                  file=sys.stderr)
+            raise SystemExit(128 + stop.signal)
+        export(export_path, base_state, base_identity, model, cfg, position)
+        plot_log(log_path, out / "loss.png")
+        print(f"{position.update} updates, {position.audio_seconds / 3600:.2f} h of audio; skipped "
+              f"{plan.num_skipped} too-short and {position.skipped_files} unreadable files", file=sys.stderr)
+    return export_path
+
+
+def all_ranks_done(done: bool, ranks: Ranks) -> bool:
+    """True once every rank has its share; keeps ranks in lockstep (no DDP deadlock)."""
+    if ranks.world == 1:
+        return done
+    flag = torch.tensor([float(done)])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def reduce_update(params, count: float, loss_sum: float, seconds: float, ranks: Ranks):
+    """Sum gradients and counts over ranks, then turn gradient sums into per-utterance means."""
+    if ranks.world > 1:
+        totals = torch.tensor([count, loss_sum, seconds], dtype=torch.float64)
+        dist.all_reduce(totals)
+        count, loss_sum, seconds = totals.tolist()
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+    for p in params:
+        if p.grad is not None:
+            p.grad.div_(count)
+    return count, loss_sum, seconds
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
+    parser = argparse.ArgumentParser(prog="score-s3prl finetune", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML config (default: the paper's settings)")
+    parser.add_argument("--init", help="base model: hubert_base | converted .pt | fairseq .pt | HF dir")
+    parser.add_argument("--data", help="LibriSpeech root holding the subsets")
+    parser.add_argument("--subsets", help="comma-separated subsets, e.g. train-clean-100")
+    parser.add_argument("--out", help="run directory (re-running resumes)")
+    parser.add_argument("--steps", type=int, help="total optimiser updates")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, dotted")
+    args = parser.parse_args(argv)
+    flags = {"init": args.init, "data.root": args.data, "out": args.out, "optim.total_updates": args.steps,
+             "device": args.device, "data.subsets": args.subsets and args.subsets.split(",")}
+    return args, {key: value for key, value in flags.items() if value is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, flags = parse_args(argv)
+    cfg = load_config(args.config, args.overrides, flags)
+    path = train(cfg)
+    print(path)
+    return 0
