@@ -7,7 +7,7 @@ an older stack nothing is touched and a second call changes nothing.
 ==========================  =============================================================
 shim                        why s3prl needs it
 ==========================  =============================================================
-``set_audio_backend``       ``run_downstream.py`` and two upstreams call it at import time
+``set_audio_backend``       ``run_downstream.py`` and modules ``s3prl.hub`` imports call it
 ``torchaudio.info``         ``s3prl.util.audio_info`` (metadata of audio files)
 ``torchaudio.load``         the ASR / PR datasets; torchaudio >= 2.9 needs torchcodec for it
 ``torchaudio.sox_effects``  QbE (``channels 1, rate 16000, gain -3``) and upstream imports
@@ -67,7 +67,7 @@ def info(uri: str | os.PathLike | BinaryIO, format: str | None = None, **_: Any)
         AudioError: the file is missing or not decodable audio.
     """
     try:
-        meta = soundfile.info(uri if not isinstance(uri, os.PathLike) else os.fspath(uri))
+        meta = soundfile.info(os.fspath(uri) if isinstance(uri, os.PathLike) else uri)
     except Exception as exc:  # soundfile raises several types for missing/corrupt files
         raise AudioError(f"{_name(uri)}: cannot read audio header ({exc})") from exc
     encoding = _FORMAT_ENCODINGS.get(meta.format, _ENCODINGS.get(meta.subtype, "UNKNOWN"))
@@ -92,6 +92,8 @@ def load(
 ) -> tuple[torch.Tensor, int]:
     """``torchaudio.load`` on soundfile: the file as stored, no resampling or downmixing.
 
+    ``format``, ``buffer_size`` and ``backend`` are accepted and ignored, as torchaudio >= 2.9 does.
+
     Returns:
         (waveform, sample_rate): float32 in [-1, 1] of shape (channels, frames), or
         (frames, channels) with ``channels_first=False``; the file's rate in Hz.
@@ -110,7 +112,7 @@ def load(
             raise AudioError(f"{_name(uri)}: cannot decode audio ({exc})") from exc
         wav = torch.from_numpy(data.T.copy())
     end = None if num_frames < 0 else frame_offset + num_frames
-    wav = wav[:, frame_offset:end]
+    wav = wav[:, frame_offset:end].contiguous()  # s3prl's datasets call .view(-1) on it
     return (wav if channels_first else wav.t().contiguous()), int(sample_rate)
 
 
@@ -167,6 +169,10 @@ def apply_effects_tensor(
     channels_first: bool = True,
 ) -> tuple[torch.Tensor, int]:
     """Apply sox effects ``channels N``, ``rate HZ`` and ``gain DB`` in order.
+
+    ``channels 1`` averages the channels as sox does; ``rate`` resamples with
+    ``torchaudio.functional.resample`` (windowed sinc), so results differ from sox's own
+    filter in the last bits.
 
     Args:
         tensor: float waveform of shape (channels, frames), or (frames, channels) with

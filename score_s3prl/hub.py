@@ -81,7 +81,11 @@ class ScoreHubertExpert(UpstreamExpert):
 
 def score_hubert_local(ckpt: str | None = None, model_config: str | None = None, refresh: bool = False,
                        **kwargs: Any):
-    """The upstream for the converted checkpoint file ``ckpt`` (``-u score_hubert_local -k PATH``)."""
+    """The upstream for the converted checkpoint file ``ckpt`` (``-u score_hubert_local -k PATH``).
+
+    ``model_config`` (``-g``) and ``refresh`` (``-r``) are accepted because s3prl's runner
+    passes them to every entry; a converted checkpoint carries its own config.
+    """
     if not ckpt:
         raise ScoreError("score_hubert_local needs a checkpoint file: -k PATH")
     return ScoreHubertExpert(ckpt, **kwargs)

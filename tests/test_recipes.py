@@ -142,7 +142,8 @@ def test_default_config_only_when_none_given():
     asr = str(recipes.config_path("asr"))
     assert recipes.with_default_config(["-m", "train", "-d", "asr"]) == ["-m", "train", "-d", "asr", "-c", asr]
     assert recipes.with_default_config(["--downstream=ctc"])[-1] == str(recipes.config_path("ctc"))
-    for argv in (["-d", "asr", "-c", "mine.yaml"], ["-d", "asr", "--config=mine.yaml"], ["-d", "emotion"], []):
+    for argv in (["-d", "asr", "-c", "mine.yaml"], ["-dasr", "--config=mine.yaml"], ["-d", "asr", "--conf", "x"],
+                 ["-d", "emotion"], ["-u", "score_hubert", "-n", "x"], []):
         assert recipes.with_default_config(argv) == argv
     for name in recipes.RECIPES:
         assert yaml.safe_load(recipes.config_path(name).read_text())["downstream_expert"]

@@ -9,6 +9,11 @@
 ``quesst14_dtw``   ``quesst14_dtw.yaml``   none
 =================  ======================  ==================================================
 
+The settings are s3prl's published SUPERB ones (PR with learning rate 5e-4, as SCORE evaluated);
+``char.dict`` lists LibriSpeech's characters in s3prl's order (``|`` is the word boundary) with
+zero counts, which s3prl never reads; ``phonemes.txt`` is CMUdict's stressed phone set, the one
+LibriSpeech's lexicon uses, plus ``SIL`` and ``SPN`` (words the lexicon lacks).
+
 The launcher (:mod:`score_s3prl.run_downstream`) uses this module to
 
 - pass ``-c <our config>`` when ``-d`` names one of these and no ``-c`` is given
@@ -50,7 +55,8 @@ def config_path(downstream: str) -> Path | None:
 
 def _launcher_flags(argv: Sequence[str]) -> argparse.Namespace:
     # Only the flags that decide the default config; everything else passes through untouched.
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    # Abbreviations (--conf) are read as s3prl's own parser reads them.
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("-d", "--downstream")
     parser.add_argument("-c", "--config")
     flags, _ = parser.parse_known_args(list(argv))
@@ -89,10 +95,6 @@ def _key(*parts: str) -> str:
     return ".".join(("config", "downstream_expert") + parts)
 
 
-def _set_hint(key: str, example: str) -> str:
-    return f'set it with -o "{key}=\'{example}\'"'
-
-
 def resolve_assets(downstream: str, config: dict[str, Any], config_file: str | None) -> None:
     """Make relative asset paths absolute against ``config_file``'s folder, in place.
 
@@ -120,7 +122,7 @@ def resolve_assets(downstream: str, config: dict[str, Any], config_file: str | N
 
 def _need_dir(value: Any, key: str, example: str) -> Path:
     if not isinstance(value, str) or not os.path.isdir(value):
-        raise ScoreError(f"{key}: {value} is not a directory; {_set_hint(key, example)}")
+        raise ScoreError(f"{key}: {value} is not a directory; set it with -o \"{key}='{example}'\"")
     return Path(value)
 
 
@@ -142,7 +144,8 @@ def _splits(args: argparse.Namespace, config: dict[str, Any]) -> list[str]:
 def _split_names(block: dict[str, Any], split: str, section: str) -> list[str]:
     names = block.get(split)
     if not isinstance(names, list) or not names:
-        keys = [k for k, v in block.items() if isinstance(v, list) and k != "lexicon"]
+        assets = {key for keys in ASSET_KEYS.values() for _, key in keys}
+        keys = [k for k, v in block.items() if isinstance(v, list) and k not in assets]
         raise ScoreError(
             f"{_key(section, split)}: no such split in the config (splits: {', '.join(keys)})"
         )
