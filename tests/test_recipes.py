@@ -15,6 +15,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import downstream_recipes
 import pytest
 import yaml
 
@@ -166,7 +167,7 @@ def test_prepare_config_resolves_assets_from_any_directory(data, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     config = parsed("asr", data["asr"])
     recipes.prepare_config(run_args("asr", split="test-clean"), config)
-    assert config["downstream_expert"]["datarc"]["dict_path"] == str(recipes.RECIPE_DIR / "char.dict")
+    assert config["downstream_expert"]["datarc"]["dict_path"] == str(downstream_recipes.RECIPE_DIR / "char.dict")
     # a user config elsewhere: its own relative assets win over ours
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "char.dict").write_text("A 1\n")
@@ -175,7 +176,7 @@ def test_prepare_config_resolves_assets_from_any_directory(data, tmp_path, monke
     assert config["downstream_expert"]["datarc"]["dict_path"] == str(tmp_path / "mine" / "char.dict")
     config = parsed("ctc", data["pr"])
     recipes.prepare_config(run_args("ctc"), config)
-    assert config["downstream_expert"]["text"]["vocab_file"] == str(recipes.RECIPE_DIR / "phonemes.txt")
+    assert config["downstream_expert"]["text"]["vocab_file"] == str(downstream_recipes.RECIPE_DIR / "phonemes.txt")
 
 
 @pytest.mark.parametrize("downstream, overrides, split, message", [
@@ -209,14 +210,14 @@ def tokenizer():
     compat.apply()
     from s3prl.downstream.ctc.text import load_text_encoder
 
-    return load_text_encoder("word", str(recipes.RECIPE_DIR / "phonemes.txt"))
+    return load_text_encoder("word", str(downstream_recipes.RECIPE_DIR / "phonemes.txt"))
 
 
 def test_libriphone_corpus_is_what_ctc_imports(data, tokenizer):
     recipes.install()
     from s3prl.downstream.ctc.corpus.libriphone import LibriPhoneDataset
 
-    from score_s3prl.recipes import libriphone
+    from downstream_recipes import libriphone
 
     assert LibriPhoneDataset is libriphone.LibriPhoneDataset
     lexicon = str(Path(data["root"]) / "pr" / "lexicon.txt")
@@ -235,7 +236,7 @@ def test_libriphone_corpus_is_what_ctc_imports(data, tokenizer):
 
 def test_libriphone_refuses_bad_input(data, tokenizer, tmp_path):
     from score_s3prl.audio import AudioError
-    from score_s3prl.recipes.libriphone import LibriPhoneDataset
+    from downstream_recipes.libriphone import LibriPhoneDataset
 
     lexicon = tmp_path / "lexicon.txt"
     full = (Path(data["root"]) / "pr" / "lexicon.txt").read_text()

@@ -1,18 +1,4 @@
-"""SUPERB recipes the registry's s3prl lacks: configs, vocabularies, the libriphone corpus.
-
-=================  ======================  ==================================================
-``-d``             config                  assets
-=================  ======================  ==================================================
-``asr``            ``asr.yaml``            ``char.dict`` (28 characters, fairseq format)
-``ctc``            ``libriphone.yaml``     ``phonemes.txt`` (69 stressed ARPAbet + SIL, SPN),
-                                           corpus module :mod:`.libriphone`
-``quesst14_dtw``   ``quesst14_dtw.yaml``   none
-=================  ======================  ==================================================
-
-The settings are s3prl's published SUPERB ones (PR with learning rate 5e-4, as SCORE evaluated);
-``char.dict`` lists LibriSpeech's characters in s3prl's order (``|`` is the word boundary) with
-zero counts, which s3prl never reads; ``phonemes.txt`` is CMUdict's stressed phone set, the one
-LibriSpeech's lexicon uses, plus ``SIL`` and ``SPN`` (words the lexicon lacks).
+"""How the launcher plugs the recipes of ``downstream_recipes/`` into stock s3prl.
 
 The launcher (:mod:`score_s3prl.run_downstream`) uses this module to
 
@@ -34,10 +20,9 @@ import types
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ScoreError
+from downstream_recipes import RECIPES, config_path
 
-RECIPE_DIR = Path(__file__).resolve().parent
-RECIPES = {"asr": "asr.yaml", "ctc": "libriphone.yaml", "quesst14_dtw": "quesst14_dtw.yaml"}
+from .errors import ScoreError
 
 # Config keys (under downstream_expert) that name files shipped beside a config.
 ASSET_KEYS = {
@@ -45,12 +30,6 @@ ASSET_KEYS = {
     "ctc": [("text", "vocab_file"), ("corpus", "lexicon")],
     "quesst14_dtw": [],
 }
-
-
-def config_path(downstream: str) -> Path | None:
-    """Our config for ``-d downstream``, or None when we ship none."""
-    name = RECIPES.get(downstream)
-    return RECIPE_DIR / name if name else None
 
 
 def _launcher_flags(argv: Sequence[str]) -> argparse.Namespace:
@@ -82,7 +61,7 @@ def install() -> None:
     name = "s3prl.downstream.ctc.corpus"
     if name in sys.modules or importlib.util.find_spec(name) is not None:
         return
-    from . import libriphone
+    from downstream_recipes import libriphone
 
     package = types.ModuleType(name, "score_s3prl stand-in: the libriphone corpus")
     package.__path__ = []  # a package with no files of its own: only the alias below
@@ -188,7 +167,7 @@ def _check_ctc(args: argparse.Namespace, config: dict[str, Any]) -> None:
 
 
 def _check_quesst(args: argparse.Namespace, config: dict[str, Any]) -> None:
-    from ..superb.prepare import check_quesst
+    from .superb.prepare import check_quesst
 
     datarc = config["downstream_expert"]["datarc"]
     root = _need_dir(datarc.get("dataset_root"), _key("datarc", "dataset_root"), "/data/quesst14Database")
