@@ -1,0 +1,333 @@
+"""Soft-DTW: kernels against path enumeration, the plain-torch reference and tslearn; padding,
+band, gradients, extreme settings, half precision, errors.
+
+The Triton kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from score_s3prl.errors import ScoreError
+from score_s3prl.softdtw import (
+    BACKEND_ENV,
+    SoftDTW,
+    SoftDTWDivergence,
+    pairwise_cost,
+    soft_dtw,
+    soft_dtw_alignment,
+    soft_dtw_divergence,
+    soft_dtw_from_cost,
+)
+from score_s3prl.softdtw import functional
+
+KERNELS = ["cpu", "triton"]
+ALL_BACKENDS = ["cpu", "triton", "reference"]
+
+
+@pytest.fixture(autouse=True)
+def _triton_interpreter(request, monkeypatch):
+    """Run the backend="triton" cases in Triton's interpreter, on CPU tensors."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("backend") == "triton":
+        pytest.importorskip("triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _pairs(batch, n_max, m_max, dim, lengths_x, lengths_y, seed, dtype=torch.float64, pad_value=float("nan")):
+    """Random x (B, N, D), y (B, M, D) whose padding holds ``pad_value``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, n_max, dim, generator=gen, dtype=dtype)
+    y = torch.randn(batch, m_max, dim, generator=gen, dtype=dtype)
+    for b, (n, m) in enumerate(zip(lengths_x, lengths_y)):
+        x[b, n:] = pad_value
+        y[b, m:] = pad_value
+    return x, y, torch.tensor(lengths_x), torch.tensor(lengths_y)
+
+
+def _enumerate_paths(cost: np.ndarray, gamma: float, bandwidth: int | None = None) -> float:
+    """-gamma log sum over every monotone path (steps down, right, diagonal) of exp(-cost / gamma)."""
+    n, m = cost.shape
+    totals = []
+
+    def walk(i, j, total):
+        if bandwidth is not None and abs(i - j) > bandwidth:
+            return
+        total += cost[i, j]
+        if (i, j) == (n - 1, m - 1):
+            totals.append(total)
+            return
+        for di, dj in ((1, 0), (0, 1), (1, 1)):
+            if i + di < n and j + dj < m:
+                walk(i + di, j + dj, total)
+
+    walk(0, 0, 0.0)
+    t = -np.asarray(totals) / gamma
+    return float(-gamma * (t.max() + np.log(np.exp(t - t.max()).sum())))
+
+
+def _sq_cost(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1).numpy()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("gamma", [0.1, 1.0])
+def test_equals_soft_minimum_over_all_paths_with_padding(backend, gamma):
+    lx, ly = [4, 2, 1, 3], [3, 4, 2, 1]
+    x, y, xl, yl = _pairs(4, 4, 4, 2, lx, ly, seed=1)
+    got = soft_dtw(x, y, xl, yl, gamma=gamma, backend=backend)
+    for b in range(4):
+        want = _enumerate_paths(_sq_cost(x[b, : lx[b]], y[b, : ly[b]]), gamma)
+        assert got[b].item() == pytest.approx(want, rel=1e-10, abs=1e-10)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_band_equals_enumeration_over_paths_inside_it(backend):
+    x, y, xl, yl = _pairs(2, 5, 4, 2, [5, 4], [4, 3], seed=2)
+    got = soft_dtw(x, y, xl, yl, gamma=0.3, bandwidth=1, backend=backend)
+    for b, (n, m) in enumerate(zip([5, 4], [4, 3])):
+        want = _enumerate_paths(_sq_cost(x[b, :n], y[b, :m]), 0.3, bandwidth=1)
+        assert got[b].item() == pytest.approx(want, rel=1e-10)
+    # A band wider than the sequences changes nothing.
+    assert torch.allclose(
+        soft_dtw(x, y, xl, yl, gamma=0.3, bandwidth=5, backend=backend),
+        soft_dtw(x, y, xl, yl, gamma=0.3, backend=backend),
+        rtol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_padded_batch_equals_each_pair_alone(backend):
+    lx, ly = [9, 5, 7], [6, 8, 3]
+    x, y, xl, yl = _pairs(3, 9, 8, 3, lx, ly, seed=3, dtype=torch.float32)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    values = soft_dtw(x, y, xl, yl, gamma=0.1, backend=backend)
+    values.sum().backward()
+    for b, (n, m) in enumerate(zip(lx, ly)):
+        xb = x[b : b + 1, :n].detach().clone().requires_grad_(True)
+        yb = y[b : b + 1, :m].detach().clone().requires_grad_(True)
+        alone = soft_dtw(xb, yb, gamma=0.1, backend=backend)
+        alone.sum().backward()
+        assert values[b].item() == pytest.approx(alone.item(), rel=1e-5)
+        assert torch.allclose(x.grad[b, :n], xb.grad[0], rtol=1e-4, atol=1e-5)
+        assert torch.allclose(y.grad[b, :m], yb.grad[0], rtol=1e-4, atol=1e-5)
+        # Padded frames hold NaN and still get exactly zero gradient.
+        assert torch.equal(x.grad[b, n:], torch.zeros_like(x.grad[b, n:]))
+        assert torch.equal(y.grad[b, m:], torch.zeros_like(y.grad[b, m:]))
+
+
+@pytest.mark.parametrize("cost", ["sqeuclidean", "cosine"])
+@pytest.mark.parametrize("bandwidth", [None, 2])
+@pytest.mark.parametrize("function", [soft_dtw, soft_dtw_divergence])
+def test_gradcheck_float64_with_padding(cost, bandwidth, function):
+    x, y, xl, yl = _pairs(3, 6, 5, 3, [6, 4, 3], [5, 5, 2], seed=4, pad_value=0.5)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+
+    def f(a, b):
+        return function(a, b, xl, yl, gamma=0.2, cost=cost, bandwidth=bandwidth, backend="cpu")
+
+    assert torch.autograd.gradcheck(f, (x, y), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_kernels_match_reference_values_and_gradients(backend):
+    lx, ly = [12, 7, 10, 1], [9, 11, 6, 3]
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
+        for bandwidth in (None, 4):
+            x, y, xl, yl = _pairs(4, 12, 11, 4, lx, ly, seed=5, dtype=dtype, pad_value=0.0)
+            results = []
+            for name in (backend, "reference"):
+                a = x.clone().requires_grad_(True)
+                b = y.clone().requires_grad_(True)
+                v = soft_dtw(a, b, xl, yl, gamma=0.5, bandwidth=bandwidth, backend=name)
+                (v * torch.arange(1, 5, dtype=dtype)).sum().backward()
+                results.append((v.detach(), a.grad, b.grad))
+            for got, want in zip(*results):
+                assert torch.allclose(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("cost", ["sqeuclidean", "cosine"])
+def test_divergence_is_nonnegative_and_zero_for_identical_inputs(cost):
+    x, y, xl, yl = _pairs(6, 15, 12, 5, [15, 9, 4, 12, 1, 7], [12, 12, 10, 3, 6, 1], seed=6, pad_value=3.0)
+    for gamma in (0.01, 0.1, 1.0, 10.0):
+        div = soft_dtw_divergence(x, y, xl, yl, gamma=gamma, cost=cost)
+        assert bool((div >= -1e-9 * div.abs().max()).all()), div
+        assert bool((div > 0).any())
+        assert torch.equal(soft_dtw_divergence(x, x, xl, xl, gamma=gamma, cost=cost), torch.zeros(6, dtype=x.dtype))
+    x32 = x.float()
+    assert torch.equal(soft_dtw_divergence(x32, x32, xl, xl), torch.zeros(6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gamma", [0.05, 1.0])
+def test_agrees_with_tslearn(dtype, gamma):
+    tslearn = pytest.importorskip("tslearn.metrics")
+    lx, ly = [31, 20, 25], [24, 30, 8]
+    x, y, xl, yl = _pairs(3, 31, 30, 3, lx, ly, seed=7, dtype=torch.float64, pad_value=0.0)
+    got = soft_dtw(x.to(dtype), y.to(dtype), xl, yl, gamma=gamma)
+    for b, (n, m) in enumerate(zip(lx, ly)):
+        want = tslearn.soft_dtw(x[b, :n].numpy(), y[b, :m].numpy(), gamma=gamma)
+        assert got[b].item() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("gamma", [0.001, 0.01, 0.1, 1.0, 10.0])
+def test_finite_for_extreme_gamma_and_large_costs(backend, gamma):
+    x, y, xl, yl = _pairs(2, 14, 11, 2, [14, 9], [11, 11], seed=8, dtype=torch.float32, pad_value=0.0)
+    x = (x * 35).requires_grad_(True)  # squared distances up to ~1e4
+    y = y.requires_grad_(True)
+    costs = pairwise_cost(x.detach(), y.detach())
+    assert 2e3 < costs.max() < 2e4
+    values = soft_dtw(x, y, xl, yl, gamma=gamma, backend=backend)
+    values.sum().backward()
+    assert bool(torch.isfinite(values).all())
+    assert bool(torch.isfinite(x.grad).all()) and bool(torch.isfinite(y.grad).all())
+    want = soft_dtw(x.detach().double(), y.detach().double(), xl, yl, gamma=gamma, backend="reference")
+    assert torch.allclose(values.double(), want, rtol=1e-5)
+
+
+def test_float32_gradients_match_float64_on_raw_768d_features():
+    gen = torch.Generator().manual_seed(9)
+    batch, n, m, dim = 3, 90, 80, 768
+    # Raw SSL features: a large shared offset plus a smooth trajectory; y is a time-warped,
+    # noisy copy of x.
+    offset = 1.5 * torch.randn(1, 1, dim, generator=gen)
+    x = offset + torch.randn(batch, n, dim, generator=gen).cumsum(1) / 4
+    warp = (torch.arange(m) * (n - 1) / (m - 1)).round().long()
+    y = x[:, warp] + 0.3 * torch.randn(batch, m, dim, generator=gen)
+    grads = {}
+    for dtype in (torch.float64, torch.float32):
+        a = x.to(dtype).requires_grad_(True)
+        b = y.to(dtype).requires_grad_(True)
+        soft_dtw_divergence(a, b, gamma=0.1).sum().backward()
+        grads[dtype] = (a.grad.double(), b.grad.double())
+    for g32, g64 in zip(grads[torch.float32], grads[torch.float64]):
+        assert (g32 - g64).norm() / g64.norm() < 1e-3
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_sequences_longer_than_1024_frames(backend):
+    tslearn = pytest.importorskip("tslearn.metrics")
+    # The interpreter is slow: there the long side is the rows, which set the kernel's width.
+    n, m = (1100, 1030) if backend == "cpu" else (1030, 3)
+    x, y, _, _ = _pairs(1, n, m, 2, [n], [m], seed=10)
+    costs = pairwise_cost(x, y).requires_grad_(True)
+    value = soft_dtw_from_cost(costs, gamma=1.0, backend=backend)
+    assert value.item() == pytest.approx(tslearn.soft_dtw(x[0].numpy(), y[0].numpy(), gamma=1.0), rel=1e-10)
+    (grad,) = torch.autograd.grad(value.sum(), costs)
+    assert grad[0, 0, 0].item() == pytest.approx(1.0) and grad[0, -1, -1].item() == pytest.approx(1.0)
+    if backend != "cpu":  # the CPU kernel's gradient is checked below
+        cpu_value = soft_dtw_from_cost(costs, gamma=1.0, backend="cpu")
+        assert torch.allclose(grad, torch.autograd.grad(cpu_value.sum(), costs)[0], atol=1e-12)
+        return
+    # Central differences of the value on cells where the alignment is uncertain, and off it.
+    mixed = ((grad[0] - 0.5).abs() < 0.4).nonzero()
+    assert len(mixed) > 10
+    h = 1e-4
+    for i, j in [*mixed[:: len(mixed) // 4].tolist(), (n - 1, 0)]:
+        step = torch.zeros_like(costs)
+        step[0, i, j] = h
+        plus = soft_dtw_from_cost(costs.detach() + step, gamma=1.0, backend=backend)
+        minus = soft_dtw_from_cost(costs.detach() - step, gamma=1.0, backend=backend)
+        assert grad[0, i, j].item() == pytest.approx(((plus - minus) / (2 * h)).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_accumulate_in_float32(dtype):
+    x, y, xl, yl = _pairs(2, 40, 30, 8, [40, 22], [30, 30], seed=11, dtype=torch.float32, pad_value=0.0)
+    x = (x * 20).to(dtype).requires_grad_(True)  # path costs far beyond float16's range
+    y = y.to(dtype).requires_grad_(True)
+    values = soft_dtw(x, y, xl, yl)
+    assert values.dtype == torch.float32
+    assert bool(torch.isfinite(values).all()) and values.max() > 1e5
+    want = soft_dtw(x.detach().float(), y.detach().float(), xl, yl)
+    assert torch.allclose(values, want, rtol=1e-6)
+    values.sum().backward()
+    assert x.grad.dtype == dtype and bool(torch.isfinite(x.grad).all())
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_alignment_is_the_cost_gradient(backend):
+    lx, ly = [7, 4], [6, 6]
+    x, y, xl, yl = _pairs(2, 7, 6, 3, lx, ly, seed=12, pad_value=0.0)
+    values, alignment = soft_dtw_alignment(x, y, xl, yl, gamma=0.5, backend=backend)
+    costs = pairwise_cost(x, y).requires_grad_(True)
+    want = soft_dtw_from_cost(costs, xl, yl, gamma=0.5, backend="reference")
+    (want_alignment,) = torch.autograd.grad(want.sum(), costs)
+    assert torch.allclose(values, want.detach(), rtol=1e-10)
+    # Padding of x and y changes their costs, not the valid cells.
+    for b, (n, m) in enumerate(zip(lx, ly)):
+        assert torch.allclose(alignment[b, :n, :m], want_alignment[b, :n, :m], atol=1e-10)
+        assert alignment[b, n:].abs().sum() == 0 and alignment[b, :, m:].abs().sum() == 0
+        # Every path visits every row: each row's expected occupancy is at least 1.
+        assert bool((alignment[b, :n, :m].sum(1) >= 1 - 1e-9).all())
+        assert alignment[b, 0, 0] == pytest.approx(1.0) and alignment[b, n - 1, m - 1] == pytest.approx(1.0)
+
+
+def test_modules_wrap_the_functions():
+    x, y, xl, yl = _pairs(2, 8, 6, 3, [8, 5], [6, 4], seed=13, pad_value=0.0)
+    sdtw = SoftDTW(gamma=0.3, cost="cosine", bandwidth=3)
+    values, alignment = sdtw(x, y, xl, yl, return_alignment=True)
+    assert torch.equal(values, soft_dtw(x, y, xl, yl, gamma=0.3, cost="cosine", bandwidth=3))
+    assert alignment.shape == (2, 8, 6) and not alignment.requires_grad
+    div = SoftDTWDivergence(gamma=0.3)
+    assert torch.equal(div(x, y, xl, yl), soft_dtw_divergence(x, y, xl, yl, gamma=0.3))
+    assert div(x, y, xl, yl, return_alignment=True)[1].shape == (2, 8, 6)
+    assert "gamma=0.3" in repr(sdtw)
+
+
+def test_callable_cost_and_precomputed_costs():
+    x, y, xl, yl = _pairs(2, 6, 5, 3, [6, 3], [5, 5], seed=14, pad_value=0.0)
+
+    def manhattan(a, b):
+        return (a[:, :, None, :] - b[:, None, :, :]).abs().sum(-1)
+
+    got = soft_dtw(x, y, xl, yl, cost=manhattan)
+    want = soft_dtw_from_cost(manhattan(x, y), xl, yl)
+    assert torch.allclose(got, want, rtol=1e-12)
+    with pytest.raises(ScoreError, match="cost callable returned"):
+        soft_dtw(x, y, cost=lambda a, b: a)
+
+
+def test_infeasible_band_and_bad_inputs_raise_clear_errors(monkeypatch):
+    x, y, xl, yl = _pairs(2, 9, 5, 2, [9, 5], [5, 5], seed=15, pad_value=0.0)
+    with pytest.raises(ScoreError, match=r"bandwidth 3 is infeasible for pair 0 of lengths 9 and 5"):
+        soft_dtw(x, y, xl, yl, bandwidth=3)
+    bad_calls = {
+        "bandwidth must be": dict(bandwidth=-1),
+        "gamma must be": dict(gamma=0.0),
+        "unknown cost": dict(cost="euclid"),
+        "unknown backend": dict(backend="gpu"),
+        r"x_lengths must lie in 1..9": dict(x_lengths=torch.tensor([0, 3])),
+        "y_lengths must be an integer tensor": dict(y_lengths=torch.tensor([1.0, 2.0])),
+    }
+    for message, kwargs in bad_calls.items():
+        with pytest.raises(ScoreError, match=message):
+            soft_dtw(x, y, **kwargs)
+    with pytest.raises(ScoreError, match="same batch size"):
+        soft_dtw(x, y[:1])
+    with pytest.raises(ScoreError, match=r"floating \(B, T, D\)"):
+        soft_dtw(x[0], y[0])
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ScoreError, match="needs CUDA tensors|not installed"):
+            soft_dtw(x, y, backend="triton")
+    monkeypatch.setenv(BACKEND_ENV, "nonsense")
+    with pytest.raises(ScoreError, match=BACKEND_ENV):
+        soft_dtw(x, y)
+    monkeypatch.setenv(BACKEND_ENV, "reference")
+    assert functional._kernel("auto", x.device) is None
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_single_frame_and_short_sequences(backend):
+    for n, m in itertools.product([1, 2, 5], [1, 3]):
+        x, y, _, _ = _pairs(1, n, m, 2, [n], [m], seed=16)
+        want = _enumerate_paths(_sq_cost(x[0], y[0]), 0.2)
+        assert soft_dtw(x, y, gamma=0.2, backend=backend).item() == pytest.approx(want, rel=1e-10)
