@@ -1,0 +1,628 @@
+"""``score-s3prl superb TASK`` (``run_superb.sh TASK``): SUPERB ASR, PR and QbE, baseline vs SCORE.
+
+TASK is ``asr``, ``pr``, ``qbe``, ``all`` (the three in turn) or ``demo``.
+
+For each upstream (``--upstream NAME[=CKPT]``, repeatable, the first is the baseline; default
+``hubert_base`` and ``score_hubert=$SCORE_HUBERT_CKPT``) the stock s3prl recipe runs through
+``python -m score_s3prl.run_downstream``, one subprocess per stage, in ``<out>/<task>/<upstream>/``:
+
+=====  ====================================  ==========================  ====================
+task   train                                 evaluate                    metric
+=====  ====================================  ==========================  ====================
+asr    ``-d asr`` (stock settings)           ``-e dev-clean-best.ckpt``  WER from the hyp/ref
+                                             ``-t test-clean``           files
+pr     ``-d ctc`` (libriphone, lr 5e-4)      ``-e dev-best.ckpt -t test``  PER from the hyp/ref
+                                                                         files
+qbe    none                                  ``-d quesst14_dtw -t test   MTWV (native; the
+                                             -l -1`` (``--qbe-dev-layers``  official script too
+                                             adds a dev sweep)           when present)
+=====  ====================================  ==========================  ====================
+
+Data roots come from ``--libri-root`` / ``$LIBRISPEECH_ROOT``, ``--quesst-root`` /
+``$QUESST14_ROOT`` and, optionally, ``--lexicon`` / ``$LIBRISPEECH_LEXICON`` (without it a lexicon
+is written from CMUdict); all of them, and the upstream checkpoints, are checked before any
+stage starts. Finished stages are skipped on a re-run (``--force`` redoes them); ``--dry-run``
+prints the commands. Each measurement is appended to the results CSV (``--results``), and a
+summary table (our relative gains beside the paper's) and a bar chart (``--plot``) end the run.
+
+``demo`` needs no data and no weights: it builds a tiny LibriSpeech-layout corpus and a tiny
+QUESST-layout set from the bundled audio, makes a tiny random HuBERT, SCORE-fine-tunes it for a
+few updates, and runs the three tasks for both on the CPU in a few minutes. Its numbers show
+that the pipeline works end to end; they are not SUPERB numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from .. import recipes
+from ..errors import ScoreError
+from . import demo_data, mtwv, prepare, results
+from .metrics import recipe_error_rate
+from .stages import Pipeline, Stage
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCHER = [sys.executable, "-m", "score_s3prl.run_downstream"]  # stock s3prl run_downstream.py, with our recipes
+SCORE_CLI = [sys.executable, "-m", "score_s3prl.cli"]
+SPLITS = prepare.SPLITS  # LibriSpeech splits the ASR and PR recipes read
+LAST_LAYER = -1  # QbE layer the SCORE paper evaluated
+ENV = {"libri_root": "LIBRISPEECH_ROOT", "quesst_root": "QUESST14_ROOT", "lexicon": "LIBRISPEECH_LEXICON"}
+DEFAULT_UPSTREAMS = ("hubert_base", "score_hubert")  # score_hubert: -k from $SCORE_HUBERT_CKPT
+
+
+@dataclass(frozen=True)
+class Task:
+    """How one SUPERB task runs on s3prl (see the module docstring's table)."""
+
+    downstream: str  # s3prl -d
+    metric: str  # results CSV metric
+    lower_is_better: bool
+    test_split: str  # s3prl -t of the reported evaluation
+    best_checkpoint: str | None  # what training saves for the best dev score; None: no training
+    paper: dict[str, Any]  # settings of the SCORE paper's evaluation beyond the recipe config
+    workers: tuple[str, ...]  # config keys of dataloader worker counts (--workers)
+    demo: dict[str, Any]  # tiny-model settings of the demo
+
+
+TASKS = {
+    "asr": Task("asr", "wer", True, "test-clean", "dev-clean-best.ckpt", {},
+                ("config.downstream_expert.datarc.num_workers",),
+                {"config.downstream_expert.datarc.batch_size": 4,
+                 "config.downstream_expert.modelrc.project_dim": 16,
+                 "config.downstream_expert.modelrc.RNNs.dim": [16, 16]}),
+    "pr": Task("ctc", "per", True, "test", "dev-best.ckpt", {"config.optimizer.lr": 5.0e-4},
+               ("config.downstream_expert.corpus.num_workers",),
+               {"config.runner.gradient_accumulate_steps": 1,
+                "config.downstream_expert.corpus.batch_size": 2}),
+    "qbe": Task("quesst14_dtw", "mtwv", False, "test", None, {},
+                ("config.downstream_expert.datarc.num_workers",),
+                {"config.downstream_expert.max_workers": 1}),
+}  # fmt: skip
+TASK_CHOICES = (*TASKS, "all", "demo")
+
+# QbE: s3prl's -t dev reads the dev queries, any other split the eval queries
+QBE_GROUNDTRUTH = {"dev": "groundtruth_quesst14_dev", "test": "groundtruth_quesst14_eval"}
+QBE_LANGUAGE_KEY = {"dev": "dev", "test": "eval"}
+
+DEMO_STEPS = 20  # downstream updates per ASR/PR training in the demo
+DEMO_FINETUNE_STEPS = 40  # SCORE updates of the tiny model in the demo
+DEMO_NOTICE = "demo: tiny random models on 6 utterances; these numbers are NOT SUPERB numbers"
+
+
+# -- upstreams --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An s3prl upstream: hub entry name and optional ``-k`` checkpoint (absolute path or URL)."""
+
+    name: str
+    ckpt: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Folder name of this upstream's runs."""
+        if not self.ckpt:
+            return self.name
+        stem = re.sub(r"[^\w.-]+", "_", Path(self.ckpt.rstrip("/")).stem)
+        return f"{self.name}--{stem}"
+
+    @property
+    def flags(self) -> list[str]:
+        return ["-u", self.name, *(["-k", self.ckpt] if self.ckpt else [])]
+
+
+def parse_upstream(text: str) -> Upstream:
+    """``NAME[=CKPT]`` -> :class:`Upstream`; a local CKPT becomes absolute, ``score_hubert`` without
+    one gets the checkpoint its hub entry would load (``$SCORE_HUBERT_CKPT`` or the default path)."""
+    name, _, ckpt = text.partition("=")
+    if not re.fullmatch(r"[A-Za-z_]\w*", name):
+        raise ScoreError(f"--upstream {text!r}: expected NAME or NAME=CKPT with an s3prl upstream NAME")
+    if not ckpt and name == "score_hubert":
+        from ..hub import default_checkpoint
+
+        ckpt = default_checkpoint()
+    if ckpt and "://" not in ckpt:
+        ckpt = str(Path(ckpt).expanduser().resolve())
+    return Upstream(name, ckpt or None)
+
+
+def check_upstreams(upstreams: Sequence[Upstream]) -> None:
+    """Every upstream names an s3prl hub entry and an existing local checkpoint (when it has one).
+
+    Raises:
+        ScoreError: naming the upstream and the problem.
+    """
+    import difflib
+
+    from ..hub import CKPT_ENV, MAKE_ONE, register
+
+    # s3prl's hub warns about optional upstreams whose packages are missing; not our concern here
+    logging.getLogger("s3prl.upstream.espnet_hubert.expert").setLevel(logging.ERROR)
+    register()
+    import s3prl.hub
+
+    labels = [u.label for u in upstreams]
+    for upstream in upstreams:
+        if labels.count(upstream.label) > 1:
+            raise ScoreError(f"--upstream {upstream.name}: given twice with the same checkpoint")
+        if not callable(getattr(s3prl.hub, upstream.name, None)):
+            close = difflib.get_close_matches(upstream.name, dir(s3prl.hub), n=3)
+            hint = f" (close: {', '.join(close)})" if close else ""
+            raise ScoreError(f"--upstream {upstream.name}: no such s3prl upstream{hint}")
+        if upstream.name.endswith(("_local", "_url")) and not upstream.ckpt:
+            raise ScoreError(f"--upstream {upstream.name}: needs a checkpoint: {upstream.name}=CKPT")
+        if upstream.ckpt and "://" not in upstream.ckpt and not os.path.exists(upstream.ckpt):
+            hint = f" (${CKPT_ENV} or the default path); {MAKE_ONE}" if upstream.name == "score_hubert" else ""
+            raise ScoreError(f"{upstream.ckpt}: checkpoint of --upstream {upstream.name} not found{hint}")
+
+
+# -- settings and input checks ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One invocation of the runner."""
+
+    tasks: tuple[str, ...]  # keys of TASKS, in order
+    upstreams: tuple[Upstream, ...]  # the first is the baseline
+    out: Path  # run folder
+    results: Path  # results CSV
+    plot: Path  # gains bar chart (PNG)
+    libri_root: Path | None
+    quesst_root: Path | None
+    lexicon: Path | None  # None: written from CMUdict
+    device: str  # s3prl --device
+    steps: int | None  # ASR/PR training updates (None: the recipe's)
+    workers: int | None  # dataloader workers (None: the recipe's)
+    qbe_layer: int  # -l of the QbE test evaluation
+    qbe_dev_layers: tuple[int, ...]  # -l of the QbE dev sweep
+    demo: bool = False
+    env: tuple[tuple[str, str], ...] = ()  # extra environment of every command
+
+
+def _root(value: Path | None, option: str, setting: str, what: str) -> Path:
+    if value is None:
+        raise ScoreError(f"{what} not given: pass {option} DIR or set ${ENV[setting]}")
+    if not value.is_dir():
+        raise ScoreError(f"{value}: {what} not found (from {option} or ${ENV[setting]})")
+    return value
+
+
+def check_lexicon(lexicon: Path, words: dict[str, dict[str, list[str]]]) -> None:
+    """Every transcript word has an entry in ``lexicon`` whose phones the PR recipe knows.
+
+    Args:
+        words: split -> utterance id -> transcript words.
+    Raises:
+        ScoreError: naming the lexicon and the first missing word (or bad line).
+    """
+    if not lexicon.is_file():
+        raise ScoreError(f"{lexicon}: lexicon file not found (from --lexicon or ${ENV['lexicon']})")
+    from .. import compat
+
+    compat.apply()
+    recipes.install()
+    from s3prl.downstream.ctc.corpus.libriphone import read_lexicon
+    from s3prl.downstream.ctc.text import load_text_encoder
+
+    config = recipes.config_path("ctc")
+    vocab = config.parent / yaml.safe_load(config.read_text())["downstream_expert"]["text"]["vocab_file"]
+    entries = read_lexicon([lexicon], load_text_encoder("word", str(vocab)))
+    for split, utterances in words.items():
+        for utterance, transcript in utterances.items():
+            missing = [w for w in transcript if w not in entries]
+            if missing:
+                raise ScoreError(
+                    f"{lexicon}: no entry for the word {missing[0]!r} (utterance {utterance} in {split}); "
+                    f"add it, or leave out --lexicon and ${ENV['lexicon']} to have a lexicon written "
+                    f"from CMUdict (unknown words -> {prepare.OOV_PHONE})"
+                )
+
+
+def qbe_splits(settings: Settings) -> list[str]:
+    return ["test"] + (["dev"] if settings.qbe_dev_layers else [])
+
+
+def check_inputs(settings: Settings) -> None:
+    """Check data roots, the lexicon and the upstreams before anything starts.
+
+    Raises:
+        ScoreError: naming the option or file at fault.
+    """
+    if {"asr", "pr"} & set(settings.tasks):
+        libri = _root(settings.libri_root, "--libri-root", "libri_root", "LibriSpeech root")
+        words = {split: prepare.transcripts(prepare.split_files(libri, split)) for split in SPLITS}
+        if "pr" in settings.tasks and settings.lexicon is not None:
+            check_lexicon(settings.lexicon, words)
+    if "qbe" in settings.tasks:
+        quesst = _root(settings.quesst_root, "--quesst-root", "quesst_root", "QUESST 2014 root")
+        for split in qbe_splits(settings):
+            prepare.check_quesst(quesst, QBE_LANGUAGE_KEY[split])
+            mtwv.find_groundtruth(quesst / "scoring" / QBE_GROUNDTRUTH[split])
+    check_upstreams(settings.upstreams)
+
+
+# -- the plan ---------------------------------------------------------------------------------
+
+
+def override(values: dict[str, Any]) -> list[str]:
+    """``["-o", "k=v,,k=v"]``, or nothing for no values."""
+    return ["-o", prepare.override(values)] if values else []
+
+
+class Planner:
+    """Builds the stages of a run; shared stages (data preparation) are built once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.env = dict(settings.env)
+        self.score_stages: list[Stage] = []  # every stage that yields result rows, in order
+        self.appended = 0  # rows appended to the results CSV by this invocation
+
+    @property
+    def prepared(self) -> Path:
+        return self.settings.out / "prepared"
+
+    @cached_property
+    def prepare_asr(self) -> Stage:
+        libri, out = self.settings.libri_root, self.prepared / "asr"
+
+        def action() -> dict[str, Any]:
+            return {"tables": [str(p) for p in prepare.write_bucket_files(libri, out, SPLITS)]}
+
+        return Stage("prepare/asr", self.prepared, "asr", action=action, clean=out,
+                     describe=f"length tables of {', '.join(SPLITS)} -> {out}",
+                     settings={"libri_root": str(libri), "splits": SPLITS})
+
+    @cached_property
+    def prepare_pr(self) -> Stage:
+        libri, lexicon = self.settings.libri_root, self.lexicon
+
+        def action() -> dict[str, Any]:
+            stats = prepare.write_lexicon(libri, lexicon, SPLITS)
+            print(f"{lexicon}: {stats.words} words, {stats.oov_words} not in CMUdict -> "
+                  f"{prepare.OOV_PHONE} ({stats.oov_tokens} of {stats.tokens} running words)")
+            return dataclasses.asdict(stats)
+
+        return Stage("prepare/pr", self.prepared, "pr", action=action,
+                     describe=f"lexicon of {', '.join(SPLITS)} from CMUdict -> {lexicon}",
+                     settings={"libri_root": str(libri), "splits": SPLITS})
+
+    @property
+    def lexicon(self) -> Path:
+        return self.settings.lexicon or self.prepared / "pr" / "lexicon.txt"
+
+    def data_overrides(self, task: str) -> dict[str, Any]:
+        """The ``-o`` keys that point ``task``'s recipe at the data."""
+        s = self.settings
+        expert = "config.downstream_expert"
+        if task == "asr":
+            return {f"{expert}.datarc.libri_root": str(s.libri_root),
+                    f"{expert}.datarc.bucket_file": str(self.prepared / "asr")}
+        if task == "pr":
+            return {f"{expert}.corpus.path": str(s.libri_root), f"{expert}.corpus.lexicon": [str(self.lexicon)]}
+        return {f"{expert}.datarc.dataset_root": str(s.quesst_root)}
+
+    def setting_overrides(self, task: str) -> dict[str, Any]:
+        """The ``-o`` keys of the evaluation protocol: paper settings, demo, --steps, --workers."""
+        spec, s = TASKS[task], self.settings
+        values = {**spec.paper, **(spec.demo if s.demo else {})}
+        if s.workers is not None:
+            values.update(dict.fromkeys(spec.workers, s.workers))
+        if s.steps is not None and spec.best_checkpoint:
+            runner = yaml.safe_load(recipes.config_path(spec.downstream).read_text())["runner"]
+            values["config.runner.total_steps"] = s.steps
+            for key in ("eval_step", "save_step", "log_step"):  # so that a short run still saves
+                values[f"config.runner.{key}"] = min(runner[key], s.steps)
+        return values
+
+    def row_hash(self, task: str, upstream: Upstream, split: str, layer: int | None) -> str:
+        """results.config_hash of what defines a measurement (data paths aside)."""
+        return results.config_hash({"task": task, "upstream": dataclasses.asdict(upstream), "split": split,
+                                    "layer": layer, "settings": self.setting_overrides(task)})
+
+    def stages(self) -> list[Stage]:
+        """Every stage of the run, in order: per task, the baseline first."""
+        out = []
+        for task in self.settings.tasks:
+            baseline_score = None
+            for upstream in self.settings.upstreams:
+                chain = self.qbe(upstream, baseline_score) if task == "qbe" else \
+                    self.trained(task, upstream, baseline_score)
+                baseline_score = baseline_score or [s for s in chain if s in self.score_stages]
+                out += chain
+        return out
+
+    def trained(self, task: str, upstream: Upstream, baseline: list[Stage] | None) -> list[Stage]:
+        """ASR / PR: prepare, train, evaluate the best dev checkpoint on the test split, score."""
+        spec, s = TASKS[task], self.settings
+        run = s.out / task / upstream.label
+        prep = [self.prepare_asr] if task == "asr" else [] if s.lexicon else [self.prepare_pr]
+        train_dir, eval_dir = run / "train", run / spec.test_split
+        best = train_dir / spec.best_checkpoint
+
+        def train_command() -> list[str]:
+            return [*LAUNCHER, "-m", "train", *upstream.flags, "-d", spec.downstream, "-p", str(train_dir),
+                    "--device", s.device,
+                    *override({**self.data_overrides(task), **self.setting_overrides(task)})]
+
+        train = Stage(f"{task}/{upstream.label}/train", run, "train", command=train_command, deps=tuple(prep),
+                      cwd=run, env=self.env, clean=train_dir, action=lambda: {"checkpoint": chosen_checkpoint(best)},
+                      describe="pick the checkpoint to evaluate")
+
+        def eval_command() -> list[str]:
+            ckpt = train.output("checkpoint", str(best))  # before training: where the best one will be
+            return [*LAUNCHER, "-m", "evaluate", "-e", ckpt, "-t", spec.test_split, "--device", s.device,
+                    *override({"args.expdir": str(eval_dir)})]
+
+        evaluate = Stage(f"{task}/{upstream.label}/evaluate", run, f"evaluate-{spec.test_split}",
+                         command=eval_command, deps=(train,), cwd=run, env=self.env, clean=eval_dir)
+
+        def score() -> dict[str, Any]:
+            rate = recipe_error_rate(eval_dir, task, spec.test_split)
+            row = self.row(task, spec.metric, upstream, spec.test_split, rate.percent, eval_dir,
+                           self.row_hash(task, upstream, spec.test_split, None), baseline)
+            return self.record([row], dataclasses.asdict(rate))
+
+        scored = self.score_stage(f"{task}/{upstream.label}/score", run, f"score-{spec.test_split}", score,
+                                  (evaluate, *(baseline or ())),
+                                  f"{spec.metric.upper()} from {eval_dir}/*-hyp.ark and *-ref.ark")
+        return [*prep, train, evaluate, scored]
+
+    def qbe(self, upstream: Upstream, baseline: list[Stage] | None) -> list[Stage]:
+        """QbE: evaluate on test with ``--qbe-layer``, then the dev sweep; score each with MTWV."""
+        s = self.settings
+        runs = [("test", s.qbe_layer, "test" if s.qbe_layer == LAST_LAYER else f"test-layer{s.qbe_layer}")]
+        runs += [("dev", layer, f"dev-layer{layer}") for layer in s.qbe_dev_layers]
+        chain = []
+        for split, layer, label in runs:
+            chain += self.qbe_run(upstream, split, layer, label, baseline)
+        return chain
+
+    def qbe_run(self, upstream: Upstream, split: str, layer: int, label: str,
+                baseline: list[Stage] | None) -> list[Stage]:
+        s = self.settings
+        run = s.out / "qbe" / upstream.label
+        eval_dir = run / label
+        command = [*LAUNCHER, "-m", "evaluate", "-t", split, *upstream.flags, "-d", TASKS["qbe"].downstream,
+                   "-l", str(layer), "-p", str(eval_dir), "--device", s.device,
+                   *override({**self.data_overrides("qbe"), **self.setting_overrides("qbe")})]
+        evaluate = Stage(f"qbe/{upstream.label}/evaluate-{label}", run, f"evaluate-{label}",
+                         command=lambda: command, cwd=run, env=self.env, clean=eval_dir)
+        stdlist = eval_dir / "benchmark.stdlist.xml"
+        truth = QBE_GROUNDTRUTH[split]
+
+        def score() -> dict[str, Any]:
+            native = mtwv.qbe_score(stdlist, s.quesst_root / "scoring" / truth)
+            official = mtwv.official_mtwv(s.quesst_root, stdlist, truth)
+            config = self.row_hash("qbe", upstream, split, layer)
+            rows = [self.row("qbe", "mtwv", upstream, label, native.max_twv, eval_dir, config, baseline)]
+            if official is not None:
+                rows.append(self.row("qbe", "mtwv_official", upstream, label, official, eval_dir, config, baseline))
+            # JSON has no infinities: a threshold of -inf (everything detected) is recorded as null
+            threshold = native.threshold if math.isfinite(native.threshold) else None
+            return self.record(rows, {**dataclasses.asdict(native), "threshold": threshold,
+                                      "official_mtwv": official})
+
+        scored = self.score_stage(f"qbe/{upstream.label}/score-{label}", run, f"score-{label}", score,
+                                  (evaluate, *(baseline or ())),
+                                  f"MTWV of {stdlist} against {truth} (and the official script if present)")
+        return [evaluate, scored]
+
+    def score_stage(self, name: str, folder: Path, stem: str, action, deps, describe: str) -> Stage:
+        stage = Stage(name, folder, stem, action=action, deps=tuple(deps), describe=describe,
+                      settings={"results": str(self.settings.results)})
+        self.score_stages.append(stage)
+        return stage
+
+    def row(self, task: str, metric: str, upstream: Upstream, split: str, value: float, run_dir: Path,
+            config: str, baseline: list[Stage] | None) -> results.ResultRow:
+        """One results row; the gain is against the baseline's row of the same metric and split."""
+        gain = None
+        if baseline is not None:
+            base = [r for r in rows_of(baseline) if (r.metric, r.split) == (metric, split)]
+            if not base:
+                raise ScoreError(f"{task}: the baseline has no {metric} on {split} to compare {upstream.name} with")
+            gain = results.relative_gain(value, base[-1].value, TASKS[task].lower_is_better)
+        return results.ResultRow(
+            task=task, metric=metric, upstream=upstream.name, checkpoint=upstream.ckpt or "", split=split,
+            value=float(value), lower_is_better=TASKS[task].lower_is_better, run_dir=str(run_dir),
+            git_commit=results.git_commit(), config_hash=config, relative_gain_pct=gain,
+        )  # fmt: skip
+
+    def record(self, rows: list[results.ResultRow], detail: dict[str, Any]) -> dict[str, Any]:
+        """Append ``rows`` to the results CSV; the score stage's outputs."""
+        results.append_results(self.settings.results, rows)
+        self.appended += len(rows)
+        return {"rows": [dataclasses.asdict(r) for r in rows], "detail": detail}
+
+
+def chosen_checkpoint(best: Path) -> str:
+    """``best`` if training saved it, else its newest ``states-*.ckpt`` (with a warning).
+
+    s3prl saves the best-dev checkpoint only when a dev score beats the expert's start value
+    (ASR: a WER under 100 %), which a very short run may never reach.
+
+    Raises:
+        ScoreError: training left no checkpoint at all.
+    """
+    if best.is_file():
+        return str(best)
+    states = sorted(best.parent.glob("states-*.ckpt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    if not states:
+        raise ScoreError(f"{best.parent}: training saved no checkpoint (neither {best.name} nor states-*.ckpt)")
+    print(f"warning: {best} was not saved (no dev score beat the start value); evaluating {states[-1].name}")
+    return str(states[-1])
+
+
+def rows_of(stages: Sequence[Stage]) -> list[results.ResultRow]:
+    """The result rows recorded by finished score stages."""
+    return [results.ResultRow(**row) for stage in stages for row in stage.output("rows", [])]
+
+
+def main_rows(rows: Sequence[results.ResultRow]) -> list[results.ResultRow]:
+    """The rows the gains chart shows: each task's own metric on its test split."""
+    def main(row: results.ResultRow) -> bool:
+        spec = TASKS[row.task]
+        test = row.split == spec.test_split or row.split.startswith(f"{spec.test_split}-layer")
+        return row.metric == spec.metric and test
+
+    return [r for r in rows if main(r)]
+
+
+# -- the demo ---------------------------------------------------------------------------------
+
+
+def demo_stages(settings: Settings, finetune_steps: int) -> tuple[list[Stage], Path, Path, Path]:
+    """Data, tiny base model and its SCORE fine-tuning; returns (stages, data root, base, export)."""
+    out, env = settings.out, dict(settings.env)
+    data = out / "data"
+
+    def build() -> dict[str, Any]:
+        return {"librispeech": str(demo_data.build_librispeech(data)), "quesst": str(demo_data.build_quesst(data))}
+
+    corpora = Stage("demo/data", out, "data", action=build, clean=data,
+                    describe=f"LibriSpeech- and QUESST-layout corpora from {demo_data.ASSETS} -> {data}")
+    base = out / "models" / "tiny_base.pt"
+    tiny = Stage("demo/make-tiny", out, "make-tiny", command=lambda: [*SCORE_CLI, "make-tiny", str(base), "--seed", "0"],
+                 env=env)
+    tuned = out / "score_tiny"
+    finetune = Stage(
+        "demo/finetune", out, "finetune", deps=(tiny,), env=env, clean=tuned,
+        command=lambda: [*SCORE_CLI, "finetune", "--config", str(REPO / "upstream_configs" / "score_tiny.yaml"),
+                         "--init", str(base), "--data", str(demo_data.ASSETS), "--out", str(tuned),
+                         "--steps", str(finetune_steps), "--device", "cpu"],
+    )  # fmt: skip
+    from ..train import EXPORT_FILE
+
+    return [corpora, tiny, finetune], data, base, tuned / EXPORT_FILE
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="score-s3prl superb",
+                                     description="SUPERB ASR, PR and QbE through stock s3prl, baseline vs SCORE.",
+                                     epilog="Environment: " + ", ".join(f"${v} (--{k.replace('_', '-')})"
+                                                                       for k, v in ENV.items()))
+    parser.add_argument("task", choices=TASK_CHOICES, help="asr, pr, qbe, all (the three) or demo")
+    parser.add_argument("--upstream", action="append", metavar="NAME[=CKPT]",
+                        help="s3prl upstream, repeatable, the first is the baseline "
+                             "(default: hubert_base, score_hubert=$SCORE_HUBERT_CKPT)")
+    parser.add_argument("--libri-root", type=Path, metavar="DIR", help="LibriSpeech folder with train-clean-100, dev-clean, test-clean")
+    parser.add_argument("--quesst-root", type=Path, metavar="DIR", help="the quesst14Database folder")
+    parser.add_argument("--lexicon", type=Path, metavar="FILE", help="word -> phones lexicon for PR (default: written from CMUdict)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="run folder (default: exp/superb; demo: demo)")
+    parser.add_argument("--results", type=Path, metavar="CSV", help="results CSV (default: results/superb_results.csv; "
+                                                     "demo: <out>/superb_results.csv)")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="gains chart PNG (default: superb_gains.png beside the CSV)")
+    parser.add_argument("--device", default="auto", help="s3prl --device: auto (cuda if available), cpu, cuda")
+    parser.add_argument("--steps", type=int, help="ASR/PR training updates (default: the recipe's; demo: 20)")
+    parser.add_argument("--workers", type=int, help="dataloader workers (default: the recipe's; demo: 0)")
+    parser.add_argument("--qbe-layer", type=int, default=LAST_LAYER, help="QbE layer on test (default: -1, the last)")
+    parser.add_argument("--qbe-dev-layers", default="", metavar="LAYERS",
+                        help="QbE dev sweep over layers, e.g. 0-12 or 3,6,9 (default: none)")
+    parser.add_argument("--finetune-steps", type=int, default=DEMO_FINETUNE_STEPS,
+                        help=f"demo: SCORE updates of the tiny model (default: {DEMO_FINETUNE_STEPS})")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--force", action="store_true", help="redo finished stages")
+    args = parser.parse_args(argv)
+    for name in ("steps", "finetune_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.workers is not None and args.workers < 0:
+        parser.error("--workers must be 0 or more")
+    return args
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """``"0-3,6"`` -> (0, 1, 2, 3, 6)."""
+    layers: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        match = re.fullmatch(r"(-?\d+)(?:-(\d+))?", part)
+        if not match:
+            raise ScoreError(f"--qbe-dev-layers {text!r}: expected layers like 0-12 or 3,6,9")
+        first, last = int(match[1]), int(match[2] if match[2] is not None else match[1])
+        layers += range(first, last + 1)
+    return tuple(dict.fromkeys(layers))
+
+
+def _env_path(value: Path | None, setting: str) -> Path | None:
+    if value is None and os.environ.get(ENV[setting]):
+        value = Path(os.environ[ENV[setting]])
+    return value.expanduser().resolve() if value is not None else None
+
+
+def resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    demo = args.task == "demo"
+    out = (args.out or Path("demo" if demo else "exp/superb")).expanduser().resolve()
+    csv = (args.results or (out / "superb_results.csv" if demo else Path("results/superb_results.csv")))
+    csv = csv.expanduser().resolve()
+    if demo:
+        given = [f"--{name.replace('_', '-')}" for name in ("upstream", "libri_root", "quesst_root", "lexicon")
+                 if getattr(args, name)]
+        if given:
+            raise ScoreError(f"demo: {', '.join(given)} not taken; the demo builds its own data and models")
+    return Settings(
+        tasks=tuple(TASKS) if args.task in ("all", "demo") else (args.task,),
+        upstreams=() if demo else tuple(parse_upstream(u) for u in (args.upstream or DEFAULT_UPSTREAMS)),
+        out=out, results=csv, plot=(args.plot or csv.with_name("superb_gains.png")).expanduser().resolve(),
+        libri_root=_env_path(args.libri_root, "libri_root"), quesst_root=_env_path(args.quesst_root, "quesst_root"),
+        lexicon=_env_path(args.lexicon, "lexicon"), device="cpu" if demo else resolve_device(args.device),
+        steps=args.steps or (DEMO_STEPS if demo else None), workers=0 if demo and args.workers is None else args.workers,
+        qbe_layer=args.qbe_layer, qbe_dev_layers=parse_layers(args.qbe_dev_layers), demo=demo,
+        # tiny models gain nothing from more threads, and spinning OpenMP threads slow a shared CPU
+        env=(("OMP_NUM_THREADS", "1"),) if demo else (),
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = settings_from(args)
+    pipeline = Pipeline(force=args.force, dry_run=args.dry_run, terminal=sys.stdout)
+    if settings.demo:
+        pipeline.say(DEMO_NOTICE)
+        stages, data, base, export = demo_stages(settings, args.finetune_steps)
+        for stage in stages:
+            pipeline.run(stage)
+        settings = dataclasses.replace(
+            settings, libri_root=data / "LibriSpeech", quesst_root=data / "quesst14Database",
+            upstreams=(Upstream("hubert_local", str(base)), Upstream("score_hubert_local", str(export))))
+    if not (settings.demo and args.dry_run):  # a demo dry run has not built what it would check
+        check_inputs(settings)
+    planner = Planner(settings)
+    for stage in planner.stages():
+        pipeline.run(stage)
+    if args.dry_run:
+        return 0
+    rows = rows_of(planner.score_stages)
+    pipeline.say("\n" + results.summary_table(rows))
+    if any(r.relative_gain_pct is not None for r in main_rows(rows)):
+        results.plot_gains(main_rows(rows), settings.plot)
+        pipeline.say(f"gains chart: {settings.plot}")
+    pipeline.say(f"{planner.appended} rows appended to {settings.results}")
+    if settings.demo:
+        pipeline.say(DEMO_NOTICE)
+    return 0

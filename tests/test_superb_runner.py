@@ -1,0 +1,385 @@
+"""The SUPERB task runner (``score-s3prl superb``, ``run_superb.sh``): plans, commands, checks, rows.
+
+Most tests swap s3prl for a fake launcher (a script that writes the files the real recipes write:
+best checkpoints, hyp/ref transcripts, a QbE stdlist) so that stages, markers, skipping and the
+results CSV are tested in seconds; the demo test (test_demo.py) runs the real thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from score_s3prl.errors import ScoreError
+from score_s3prl.superb import demo_data, runner
+from score_s3prl.superb.stages import StageError
+
+SPLITS = ("train-clean-100", "dev-clean", "test-clean")
+WORDS = "A B C D E F G H I J".split()
+
+FAKE_LAUNCHER = textwrap.dedent('''
+    """Stands in for `python -m score_s3prl.run_downstream`; logs its argv to $FAKE_LAUNCHER_LOG.
+
+    The upstream checkpoint (-k) is a JSON file saying how good the fake upstream is: "errors"
+    (wrong words out of 10 in every ASR/PR hypothesis) and "hits" (QbE queries found).
+    """
+    import ast, json, os, sys
+    from pathlib import Path
+    from score_s3prl.superb import mtwv
+
+    argv = sys.argv[1:]
+    with open(os.environ["FAKE_LAUNCHER_LOG"], "a") as log:
+        log.write(json.dumps(argv) + "\\n")
+    flag = lambda name: argv[argv.index(name) + 1] if name in argv else None
+    if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in " ".join(argv):
+        print("training...\\nerror: boom", file=sys.stderr)
+        sys.exit(1)
+    overrides = dict(o.split("=", 1) for o in (flag("-o") or "").split(",,") if o)
+    if flag("-m") == "train":
+        expdir = Path(flag("-p"))
+        expdir.mkdir(parents=True)
+        best = {"asr": "dev-clean-best.ckpt", "ctc": "dev-best.ckpt"}[flag("-d")]
+        quality = json.loads(Path(flag("-k")).read_text())
+        (expdir / best).write_text(json.dumps({**quality, "downstream": flag("-d")}))
+    elif flag("-e"):
+        expdir = Path(ast.literal_eval(overrides["args.expdir"]))
+        expdir.mkdir(parents=True)
+        state = json.loads(Path(flag("-e")).read_text())
+        split = flag("-t")
+        stem = f"{split}-noLM" if state["downstream"] == "asr" else split
+        ref = "A B C D E F G H I J".split()
+        hyp = ["X"] * state["errors"] + ref[state["errors"]:]
+        (expdir / f"{stem}-ref.ark").write_text("utt1 " + " ".join(ref) + "\\n")
+        (expdir / f"{stem}-hyp.ark").write_text("utt1 " + " ".join(hyp) + "\\n")
+    else:  # QbE
+        expdir = Path(flag("-p"))
+        expdir.mkdir(parents=True)
+        quality = json.loads(Path(flag("-k")).read_text())
+        root = Path(ast.literal_eval(overrides["config.downstream_expert.datarc.dataset_root"]))
+        name = "dev" if flag("-t") == "dev" else "eval"
+        truth = mtwv.load_groundtruth(root / "scoring" / f"groundtruth_quesst14_{name}")
+        lines = ["<stdlist>"]
+        for number, query in enumerate(truth.queries):
+            lines.append(f'<detected_termlist termid="{query}">')
+            for doc in truth.files:
+                hit = number < quality["hits"] and doc in truth.occurrences.get(query, ())
+                lines.append(f'<term file="{doc}" channel="1" tbeg="0" dur="0" '
+                             f'score="{1.0 if hit else 0.0}" decision="NO"/>')
+            lines.append("</detected_termlist>")
+        (expdir / "benchmark.stdlist.xml").write_text("\\n".join(lines + ["</stdlist>"]))
+''')
+
+
+def write_libri(root: Path) -> Path:
+    """A LibriSpeech-layout corpus: two 0.1 s utterances per split with 5-word transcripts."""
+    for split in SPLITS:
+        chapter = root / split / "19" / "198"
+        chapter.mkdir(parents=True)
+        lines = []
+        for number in range(2):
+            utt = f"19-198-{number:04d}"
+            soundfile.write(chapter / f"{utt}.flac", np.zeros(1600, dtype=np.float32), 16000)
+            lines.append(f"{utt} {' '.join(WORDS[5 * number:5 * number + 5])}\n")
+        (chapter / "19-198.trans.txt").write_text("".join(lines))
+    return root
+
+
+@pytest.fixture(scope="module")
+def quesst_root(tmp_path_factory) -> Path:
+    return demo_data.build_quesst(tmp_path_factory.mktemp("quesst"))
+
+
+@pytest.fixture
+def env(tmp_path, quesst_root, monkeypatch) -> dict[str, Path]:
+    """Data roots in the environment, the fake launcher in place, two fake upstream checkpoints."""
+    libri = write_libri(tmp_path / "LibriSpeech")
+    monkeypatch.setenv("LIBRISPEECH_ROOT", str(libri))
+    monkeypatch.setenv("QUESST14_ROOT", str(quesst_root))
+    monkeypatch.delenv("LIBRISPEECH_LEXICON", raising=False)
+    script = tmp_path / "fake_launcher.py"
+    script.write_text(FAKE_LAUNCHER)
+    monkeypatch.setattr(runner, "LAUNCHER", [sys.executable, str(script)])
+    monkeypatch.setenv("FAKE_LAUNCHER_LOG", str(tmp_path / "launches.jsonl"))
+    base, score = tmp_path / "base.pt", tmp_path / "score.pt"
+    base.write_text(json.dumps({"errors": 2, "hits": 2}))  # WER/PER 20 %, MTWV 2/3
+    score.write_text(json.dumps({"errors": 1, "hits": 1}))  # WER/PER 10 %, MTWV 1/3
+    return {"root": tmp_path, "libri": libri, "quesst": quesst_root, "base": base, "score": score,
+            "out": tmp_path / "exp", "csv": tmp_path / "results" / "superb.csv"}
+
+
+def launches(env) -> list[list[str]]:
+    path = env["root"] / "launches.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run(env, task: str, *extra: str, upstreams=("hubert_local={base}", "score_hubert_local={score}")) -> int:
+    argv = [task, "--out", str(env["out"]), "--results", str(env["csv"]), "--device", "cpu", *extra]
+    for upstream in upstreams:
+        argv += ["--upstream", upstream.format(**{k: str(v) for k, v in env.items()})]
+    return runner.main(argv)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# --- results rows, skipping, --force ----------------------------------------------------------
+
+
+def test_rows_gains_and_plot(env):
+    assert run(env, "all") == 0
+    rows = read_rows(env["csv"])
+    got = [(r["task"], r["metric"], r["split"], r["upstream"]) for r in rows]
+    assert got == [(task, metric, split, up) for task, metric, split in
+                   [("asr", "wer", "test-clean"), ("pr", "per", "test"), ("qbe", "mtwv", "test")]
+                   for up in ("hubert_local", "score_hubert_local")]
+    base, score = rows[0::2], rows[1::2]
+    assert [r["relative_gain_vs_baseline_%"] for r in base] == ["", "", ""]
+    assert [float(r["value"]) for r in base] == pytest.approx([20.0, 20.0, 2 / 3])
+    assert [float(r["value"]) for r in score] == pytest.approx([10.0, 10.0, 1 / 3])
+    # error rates halved: +50 %; MTWV halved: -50 % (higher is better)
+    assert [float(r["relative_gain_vs_baseline_%"]) for r in score] == pytest.approx([50.0, 50.0, -50.0])
+    assert [r["lower_is_better"] for r in rows] == ["true", "true"] * 2 + ["false", "false"]
+    assert rows[1]["checkpoint"] == str(env["score"])
+    assert rows[1]["run_dir"] == str(env["out"] / "asr" / "score_hubert_local--score" / "test-clean")
+    assert all(len(r["config_hash"]) == 12 and r["git_commit"] and r["date"] for r in rows)
+    assert (env["csv"].parent / "superb_gains.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_skips_finished_stages_and_force_redoes_them(env, capsys):
+    run(env, "asr")
+    first = len(launches(env))
+    assert first == 4  # train + evaluate per upstream
+    csv_bytes = env["csv"].read_bytes()
+    capsys.readouterr()
+    run(env, "asr")
+    out = capsys.readouterr().out
+    assert len(launches(env)) == first and env["csv"].read_bytes() == csv_bytes
+    assert out.count("done before, skipped") == 7  # prepare + 2 x (train, evaluate, score)
+    assert "0 rows appended" in out and "+50.00%" in out  # the summary still shows the results
+    run(env, "asr", "--force")
+    assert len(launches(env)) == 2 * first
+    assert env["csv"].read_bytes().startswith(csv_bytes)  # appended, never rewritten
+    assert len(read_rows(env["csv"])) == 4
+
+
+def test_changed_or_broken_stages_rerun_with_what_depends_on_them(env):
+    run(env, "pr")
+    assert len(launches(env)) == 4
+    # a new upstream runs alone; the finished baseline is reused for its gain
+    third = env["root"] / "third.pt"
+    third.write_text(json.dumps({"errors": 4, "hits": 0}))
+    run(env, "pr", upstreams=("hubert_local={base}", "score_hubert_local={score}", f"hubert_local={third}"))
+    assert len(launches(env)) == 6
+    assert float(read_rows(env["csv"])[-1]["relative_gain_vs_baseline_%"]) == pytest.approx(-100.0)
+    # a run that died after training: evaluation and scoring run again, training does not
+    (env["out"] / "pr" / "score_hubert_local--score" / "evaluate-test.done.json").unlink()
+    run(env, "pr")
+    new = launches(env)[6:]
+    assert [argv[argv.index("-m") + 1] for argv in new] == ["evaluate"]
+    # a changed setting (the step count) retrains
+    run(env, "pr", "--steps", "7")
+    assert [argv[argv.index("-m") + 1] for argv in launches(env)[7:]] == ["train", "evaluate"] * 2
+
+
+def test_failed_stage_names_itself_and_its_log(env, monkeypatch):
+    monkeypatch.setenv("FAKE_FAIL", "score_hubert_local -k")
+    with pytest.raises(StageError) as error:
+        run(env, "asr")
+    log = env["out"] / "asr" / "score_hubert_local--score" / "train.log"
+    assert str(error.value) == f"stage asr/score_hubert_local--score/train failed (exit 1): boom; full output in {log}"
+    assert "error: boom" in log.read_text()
+    assert not log.with_name("train.done.json").exists()
+    # the baseline finished and was recorded; the re-run resumes at the failed stage
+    assert len(read_rows(env["csv"])) == 1
+    monkeypatch.delenv("FAKE_FAIL")
+    run(env, "asr")
+    assert [argv[argv.index("-m") + 1] for argv in launches(env)[3:]] == ["train", "evaluate"]
+
+
+def test_missing_best_checkpoint_falls_back_to_the_last_states(tmp_path, capsys):
+    best = tmp_path / "dev-clean-best.ckpt"
+    with pytest.raises(ScoreError, match="training saved no checkpoint"):
+        runner.chosen_checkpoint(best)
+    for step in (5, 40, 10):
+        (tmp_path / f"states-{step}.ckpt").touch()
+    assert runner.chosen_checkpoint(best) == str(tmp_path / "states-40.ckpt")
+    assert "dev-clean-best.ckpt was not saved" in capsys.readouterr().out
+    best.touch()
+    assert runner.chosen_checkpoint(best) == str(best)
+
+
+# --- --dry-run: the commands for real data ----------------------------------------------------
+
+
+def parse_command(line: str) -> tuple[Path, list[str]]:
+    """``$ cd DIR && <launcher> ARGS`` -> (DIR, ARGS)."""
+    words = shlex.split(line[2:])
+    assert words[0] == "cd" and words[2] == "&&", line
+    end = 3 + len(runner.LAUNCHER)
+    assert words[3:end] == runner.LAUNCHER, line
+    return Path(words[1]), words[end:]
+
+
+def flags(args: list[str]) -> dict[str, str]:
+    """``["-m", "train", "-l", "-1"]`` -> ``{"-m": "train", "-l": "-1"}`` (every flag takes a value here)."""
+    assert len(args) % 2 == 0 and all(a.startswith("-") for a in args[::2]), args
+    return dict(zip(args[::2], args[1::2]))
+
+
+def overrides(text: str) -> dict:
+    """What s3prl's own -o parser makes of ``text``, as a flat {key: value}."""
+    from s3prl.utility.helper import override
+
+    config: dict = {}
+    namespace = argparse.Namespace()
+    override(text, namespace, config)
+
+    def flat(block: dict, prefix: str) -> dict:
+        out = {}
+        for key, value in block.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    return {**flat(config, "config."), **{f"args.{k}": v for k, v in vars(namespace).items()}}
+
+
+def test_dry_run_prints_the_s3prl_commands(env, capsys, monkeypatch):
+    monkeypatch.setattr(runner, "LAUNCHER", [sys.executable, "-m", "score_s3prl.run_downstream"])
+    ckpt = env["root"] / "score_hubert.pt"
+    ckpt.write_bytes(b"")
+    monkeypatch.setenv("SCORE_HUBERT_CKPT", str(ckpt))
+    assert runner.main(["all", "--dry-run", "--out", str(env["out"]), "--device", "cpu",
+                        "--results", str(env["csv"]), "--qbe-dev-layers", "0-1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not env["out"].exists() and not env["csv"].exists()  # a dry run writes nothing
+    commands = [parse_command(line) for line in lines if line.startswith("$ ")]
+    assert len(commands) == 2 * (2 + 2 + 3)  # per upstream: ASR and PR train + evaluate, QbE test + 2 dev layers
+    out, libri, quesst = env["out"], str(env["libri"]), str(env["quesst"])
+    data = {
+        "asr": {"config.downstream_expert.datarc.libri_root": libri,
+                "config.downstream_expert.datarc.bucket_file": str(out / "prepared" / "asr")},
+        "ctc": {"config.downstream_expert.corpus.path": libri,
+                "config.downstream_expert.corpus.lexicon": [str(out / "prepared" / "pr" / "lexicon.txt")],
+                "config.optimizer.lr": 5e-4},  # the paper's PR setting, explicit
+    }
+    it = iter(commands)
+    for task, downstream, split, best in [("asr", "asr", "test-clean", "dev-clean-best.ckpt"),
+                                          ("pr", "ctc", "test", "dev-best.ckpt")]:
+        for upstream, ckpt_flags, label in [("hubert_base", {}, "hubert_base"),
+                                            ("score_hubert", {"-k": str(ckpt)}, "score_hubert--score_hubert")]:
+            run_dir = out / task / label
+            cwd, train = next(it)
+            assert cwd == run_dir
+            assert flags(train) == {"-m": "train", "-u": upstream, **ckpt_flags, "-d": downstream,
+                                    "-p": str(run_dir / "train"), "--device": "cpu", "-o": train[-1]}
+            assert overrides(train[-1]) == data[downstream]
+            cwd, evaluate = next(it)
+            assert flags(evaluate) == {"-m": "evaluate", "-e": str(run_dir / "train" / best), "-t": split,
+                                       "--device": "cpu", "-o": evaluate[-1]}
+            assert overrides(evaluate[-1]) == {"args.expdir": str(run_dir / split)}
+    for upstream, ckpt_flags, label in [("hubert_base", {}, "hubert_base"),
+                                        ("score_hubert", {"-k": str(ckpt)}, "score_hubert--score_hubert")]:
+        for split, layer, folder in [("test", "-1", "test"), ("dev", "0", "dev-layer0"), ("dev", "1", "dev-layer1")]:
+            cwd, qbe = next(it)
+            assert flags(qbe) == {"-m": "evaluate", "-t": split, "-u": upstream, **ckpt_flags, "-d": "quesst14_dtw",
+                                  "-l": layer, "-p": str(out / "qbe" / label / folder), "--device": "cpu",
+                                  "-o": qbe[-1]}
+            assert overrides(qbe[-1]) == {"config.downstream_expert.datarc.dataset_root": quesst}
+    assert any("[prepare/asr] length tables" in line for line in lines)
+    assert any("[prepare/pr] lexicon" in line and "CMUdict" in line for line in lines)
+
+
+def test_dry_run_with_a_lexicon_uses_it_and_writes_none(env, capsys):
+    lexicon = env["root"] / "lexicon.txt"
+    lexicon.write_text("".join(f"{w} AH0\n" for w in WORDS))
+    run(env, "pr", "--dry-run", "--lexicon", str(lexicon), "--steps", "30", "--workers", "2")
+    lines = capsys.readouterr().out.splitlines()
+    assert not any("prepare/pr" in line for line in lines)
+    train = parse_command(next(line for line in lines if line.startswith("$ ") and "-m train" in line))[1]
+    values = overrides(train[-1])
+    assert values["config.downstream_expert.corpus.lexicon"] == [str(lexicon)]
+    assert values["config.runner.total_steps"] == 30
+    assert values["config.runner.eval_step"] == values["config.runner.save_step"] == 30  # a short run still saves
+    assert values["config.downstream_expert.corpus.num_workers"] == 2
+
+
+# --- bad input: a clear error before anything starts ------------------------------------------
+
+
+def fails_before_start(env, match: str, *argv: str, task: str = "all", **kwargs) -> None:
+    with pytest.raises(ScoreError, match=match):
+        run(env, task, *argv, **kwargs)
+    assert launches(env) == [] and not env["out"].exists()
+
+
+def test_missing_data_roots(env, monkeypatch):
+    monkeypatch.delenv("LIBRISPEECH_ROOT")
+    fails_before_start(env, r"^LibriSpeech root not given: pass --libri-root DIR or set \$LIBRISPEECH_ROOT$")
+    fails_before_start(env, r"/nowhere: LibriSpeech root not found \(from --libri-root or \$LIBRISPEECH_ROOT\)",
+                       "--libri-root", "/nowhere")
+    monkeypatch.delenv("QUESST14_ROOT")
+    fails_before_start(env, r"^QUESST 2014 root not given: pass --quesst-root DIR or set \$QUESST14_ROOT$",
+                       task="qbe")
+    libri = ("--libri-root", str(env["libri"]))
+    shutil.rmtree(env["libri"] / "dev-clean")
+    fails_before_start(env, r"dev-clean: split folder not found \(present: test-clean, train-clean-100\)",
+                       *libri, task="asr")
+    (env["libri"] / "dev-clean").mkdir()
+    fails_before_start(env, r"dev-clean: no .flac files", *libri, task="asr")
+
+
+def test_word_missing_from_the_lexicon(env):
+    lexicon = env["root"] / "lexicon.txt"
+    lexicon.write_text("".join(f"{w} AH0\n" for w in WORDS if w != "G"))
+    fails_before_start(env, rf"^{lexicon}: no entry for the word 'G' \(utterance 19-198-0001 in train-clean-100\)",
+                       "--lexicon", str(lexicon), task="pr")
+    lexicon.write_text("".join(f"{w} AH9\n" for w in WORDS))
+    fails_before_start(env, rf"{lexicon}:1: phone 'AH9' is not in the phone vocabulary", "--lexicon", str(lexicon))
+    fails_before_start(env, r"nope.txt: lexicon file not found \(from --lexicon or \$LIBRISPEECH_LEXICON\)",
+                       "--lexicon", str(env["root"] / "nope.txt"))
+
+
+def test_quesst_root_without_its_scoring_lists(env, monkeypatch):
+    broken = env["root"] / "quesst14Database"
+    shutil.copytree(env["quesst"], broken)
+    monkeypatch.setenv("QUESST14_ROOT", str(broken))
+    (broken / "scoring" / "language_key_eval.lst").unlink()
+    fails_before_start(env, r"language_key_eval.lst: QUESST 2014 list not found", task="qbe")
+    shutil.copy(env["quesst"] / "scoring" / "language_key_eval.lst", broken / "scoring")
+    shutil.rmtree(broken / "scoring" / "groundtruth_quesst14_dev")
+    run(env, "qbe", "--dry-run")  # the test split needs only the eval ground truth
+    fails_before_start(env, r"groundtruth_quesst14_dev: ground truth directory not found", "--qbe-dev-layers", "3",
+                       task="qbe")
+
+
+def test_bad_upstreams(env, monkeypatch):
+    fails_before_start(env, r"--upstream hubert_bsae: no such s3prl upstream \(close: hubert_base",
+                       upstreams=("hubert_bsae",))
+    fails_before_start(env, r"/nope.pt: checkpoint of --upstream hubert_local not found",
+                       upstreams=("hubert_base", "hubert_local=/nope.pt"))
+    fails_before_start(env, r"--upstream hubert_local: needs a checkpoint", upstreams=("hubert_local",))
+    monkeypatch.setenv("SCORE_HUBERT_CKPT", "/missing/score.pt")
+    fails_before_start(env, r"/missing/score.pt: checkpoint of --upstream score_hubert not found "
+                            r"\(\$SCORE_HUBERT_CKPT or the default path\); make one with", upstreams=("score_hubert",))
+    fails_before_start(env, r"given twice", upstreams=("hubert_local={base}", "hubert_local={base}"))
+    with pytest.raises(ScoreError, match="expected NAME or NAME=CKPT"):
+        runner.parse_upstream("not a name")
+
+
+def test_layer_lists():
+    assert runner.parse_layers("0-3,6,2") == (0, 1, 2, 3, 6)
+    assert runner.parse_layers("") == ()
+    with pytest.raises(ScoreError, match="expected layers like 0-12"):
+        runner.parse_layers("a-b")
