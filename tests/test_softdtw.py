@@ -331,3 +331,42 @@ def test_single_frame_and_short_sequences(backend):
         x, y, _, _ = _pairs(1, n, m, 2, [n], [m], seed=16)
         want = _enumerate_paths(_sq_cost(x[0], y[0]), 0.2)
         assert soft_dtw(x, y, gamma=0.2, backend=backend).item() == pytest.approx(want, rel=1e-10)
+
+
+def test_cpu_weight_buffers_are_reused_only_once_released():
+    from score_s3prl.softdtw import cpu
+
+    x, y, xl, yl = _pairs(2, 30, 25, 3, [30, 20], [25, 25], seed=17, dtype=torch.float32, pad_value=0.0)
+    costs = [pairwise_cost(x * s, y) for s in (1.0, 2.0, 3.0)]
+
+    def pending():
+        leaves = [c.clone().requires_grad_(True) for c in costs]
+        return leaves, [soft_dtw_from_cost(c, xl, yl, gamma=5.0, backend="cpu") for c in leaves]
+
+    def grads(order):
+        leaves, values = pending()  # three forwards hold buffers at once
+        for k in order:
+            values[k].sum().backward()
+        return [c.grad for c in leaves]
+
+    want = []
+    for c in costs:  # one at a time: each backward runs before the next forward
+        leaf = c.clone().requires_grad_(True)
+        soft_dtw_from_cost(leaf, xl, yl, gamma=5.0, backend="cpu").sum().backward()
+        want.append(leaf.grad)
+    for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
+        assert all(torch.equal(got, w) for got, w in zip(grads(order), want))
+    # A retained graph keeps its buffer through other calls: its second backward doubles the grads.
+    leaves, values = pending()
+    for v in values:
+        v.sum().backward(retain_graph=True)
+    grads([0, 1, 2])
+    for v in values:
+        v.sum().backward()
+    assert all(torch.equal(c.grad, 2 * w) for c, w in zip(leaves, want))
+    # Sequential calls settle on reusing the same buffers.
+    grads([0, 1, 2])
+    before = [id(a) for a in cpu._WORKSPACE._arrays]
+    for _ in range(3):
+        grads([0, 1, 2])
+    assert [id(a) for a in cpu._WORKSPACE._arrays] == before

@@ -1,7 +1,9 @@
 """Soft-DTW dynamic programme on the CPU (numba): parallel over pairs, SIMD along anti-diagonals.
 
 Cells on one anti-diagonal ``d = i + j`` are independent, so each pair is swept diagonal by
-diagonal and the cells of a diagonal form one vectorised loop; pairs run on separate threads.
+diagonal and the cells of a diagonal form one vectorised loop. Pairs are shared out over
+``torch.get_num_threads()`` Python threads running the GIL-free kernels: numba's own parallel
+layer (OpenMP) would leave spinning threads that starve torch's matmuls around it.
 
 Saved between forward and backward: the three soft-min weights of every cell, 3 x 4 = 12 bytes
 per cell in float32 (24 in float64), in ``weights`` of shape (B, 3, N * M + 1). For pair ``b``
@@ -17,10 +19,14 @@ float64 (for gradcheck) uses libm.
 from __future__ import annotations
 
 import math
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 
 import numpy as np
 import torch
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic, overload
 
 # Fast-math without 'nnan'/'ninf': the kernels rely on +inf for unreachable cells.
@@ -163,11 +169,11 @@ def _backward_diagonal(e_up, w_up, e_left, w_left, e_diag, w_diag, e_out, count)
         e_out[k] = _flush_tiny(e_up[k] * w_up[k] + e_left[k] * w_left[k] + e_diag[k] * w_diag[k])
 
 
-@njit(parallel=True, **_JIT)
-def _forward_kernel(cost, x_lengths, y_lengths, gamma, weights, values):
+@njit(**_JIT)
+def _forward_kernel(first, step, cost, x_lengths, y_lengths, gamma, weights, values):
     batch, _, width = cost.shape
     inv_gamma = _typed(gamma, 1.0) / gamma
-    for b in prange(batch):
+    for b in range(first, batch, step):
         n = x_lengths[b]
         m = y_lengths[b]
         # R of the last three diagonals, indexed by row + 1; index 0 is row -1 (+inf).
@@ -199,10 +205,10 @@ def _forward_kernel(cost, x_lengths, y_lengths, gamma, weights, values):
         values[b] = r1[n]
 
 
-@njit(parallel=True, **_JIT)
-def _backward_kernel(weights, x_lengths, y_lengths, grad, out):
+@njit(**_JIT)
+def _backward_kernel(first, step, weights, x_lengths, y_lengths, grad, out):
     batch, rows, width = out.shape
-    for b in prange(batch):
+    for b in range(first, batch, step):
         n = x_lengths[b]
         m = y_lengths[b]
         # E of the last three diagonals, indexed by row + 1, zero outside the grid.
@@ -246,6 +252,47 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+class _Workspace:
+    """Reuses weight buffers that no tensor holds any more (autograd has run the backward or
+    dropped the graph): a fresh multi-megabyte buffer costs page faults that take about as
+    long as the forward kernel itself. Keeps the ``keep`` most recently created buffers."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self._arrays: list[np.ndarray] = []
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+        need = math.prod(shape)
+        with self._lock:
+            for array in self._arrays:
+                # Three references (the list, `array`, getrefcount's argument) mean that no
+                # tensor views it: a tensor made by torch.from_numpy holds its array alive.
+                if array.dtype == dtype and array.size >= need and sys.getrefcount(array) == 3:
+                    break
+            else:
+                array = np.empty(need, dtype)
+                self._arrays = [array, *self._arrays[: self._keep - 1]]
+            return torch.from_numpy(array[:need].reshape(shape))
+
+
+_WORKSPACE = _Workspace()
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(thread_name_prefix="softdtw")
+
+
+def _parallel(kernel, batch: int, *args) -> None:
+    """Run ``kernel(first, step, *args)`` for first = 0..step-1, pairs first, first + step, ..."""
+    step = max(1, min(torch.get_num_threads(), batch))
+    futures = [_pool().submit(kernel, first, step, *args) for first in range(1, step)]
+    kernel(0, step, *args)
+    for future in futures:
+        future.result()
+
+
 def forward(
     cost: torch.Tensor, x_lengths: torch.Tensor, y_lengths: torch.Tensor, gamma: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,11 +309,12 @@ def forward(
     """
     batch, rows, cols = cost.shape
     values = torch.empty(batch, dtype=cost.dtype)
-    weights = torch.empty(batch, 3, rows * cols + 1, dtype=cost.dtype)
     scalar = np.float32 if cost.dtype == torch.float32 else np.float64
-    _forward_kernel(
-        _numpy(cost), _numpy(x_lengths), _numpy(y_lengths), scalar(gamma), weights.numpy(), values.numpy()
-    )
+    weights = _WORKSPACE.take((batch, 3, rows * cols + 1), np.dtype(scalar))
+    _parallel(
+        _forward_kernel, batch,
+        _numpy(cost), _numpy(x_lengths), _numpy(y_lengths), scalar(gamma), weights.numpy(), values.numpy(),
+    )  # fmt: skip
     return values, weights
 
 
@@ -279,5 +327,8 @@ def backward(
     and on forbidden (+inf) cells.
     """
     out = torch.empty(weights.shape[0], *shape, dtype=weights.dtype)
-    _backward_kernel(weights.numpy(), _numpy(x_lengths), _numpy(y_lengths), _numpy(grad.to(weights.dtype)), out.numpy())
+    _parallel(
+        _backward_kernel, out.shape[0],
+        weights.numpy(), _numpy(x_lengths), _numpy(y_lengths), _numpy(grad.to(weights.dtype)), out.numpy(),
+    )  # fmt: skip
     return out

@@ -1,0 +1,126 @@
+"""Soft-DTW forward + backward speed: ours against pysdtw and tslearn, from one run.
+
+For each device (the CPU always; CUDA when available, else it says it skipped it) and on the
+same random batch, times ``values.sum().backward()`` of:
+  - end to end, x (B, N, D) and y (B, M, D) -> squared-Euclidean cost matrix -> soft-DTW:
+    ours, pysdtw (its CPU or CUDA kernel), tslearn's SoftDTWLossPyTorch (CPU only: minutes
+    on the GPU size);
+  - the dynamic programme alone, from a precomputed (B, N, M) cost matrix: ours and pysdtw;
+  - the cost matrix alone (two of the three matmuls are in the backward): a floor that every
+    end-to-end figure contains.
+Each method keeps its median of --rounds calls, rounds alternating the methods (the CPU is
+shared, so only ratios from one run compare). Prints seconds, Mcells/s (B N M cells per
+second) and ours / peer speed ratios. Sizes: CPU B=8, N=500, M=450, D=256; CUDA B=32,
+N=M=1000, D=256. Usage: python benchmarks/bench_softdtw.py [--rounds 5] [--no-tslearn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from score_s3prl.softdtw import pairwise_cost, soft_dtw, soft_dtw_from_cost
+
+SIZES = {"cpu": (8, 500, 450, 256), "cuda": (32, 1000, 1000, 256)}
+GAMMA = 0.1
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], torch.Tensor], device: torch.device) -> float:
+    """Wall seconds of one forward + backward."""
+    _sync(device)
+    start = time.perf_counter()
+    fn().sum().backward()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _methods(device: torch.device, x: torch.Tensor, y: torch.Tensor, costs: torch.Tensor, tslearn: bool) -> dict:
+    """name -> callable returning the (B,) values, each on fresh leaves of the same data."""
+    import pysdtw
+    from pysdtw.sdtw_cpu import SoftDTWcpu
+    from pysdtw.sdtw_cuda import SoftDTWcuda
+
+    cuda = device.type == "cuda"
+    peer_dp = SoftDTWcuda.apply if cuda else SoftDTWcpu.apply
+    batch, rows, cols = costs.shape
+    pair_lengths = torch.tensor([[rows, cols]] * batch)  # pysdtw's (B, 2) lengths, on the CPU
+    peer = pysdtw.SoftDTW(gamma=GAMMA, use_cuda=cuda)
+
+    def leaf(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().clone().requires_grad_(True)
+
+    methods = {
+        "ours end-to-end": lambda: soft_dtw(leaf(x), leaf(y), gamma=GAMMA),
+        "pysdtw end-to-end": lambda: peer(leaf(x), leaf(y)),
+        "ours DP only": lambda: soft_dtw_from_cost(leaf(costs), gamma=GAMMA),
+        "pysdtw DP only": lambda: peer_dp(leaf(costs), pair_lengths, GAMMA, 0),
+        "cost matrix only": lambda: pairwise_cost(leaf(x), leaf(y)),
+    }
+    if tslearn and not cuda:
+        from tslearn.metrics import SoftDTWLossPyTorch
+
+        methods["tslearn end-to-end"] = lambda: SoftDTWLossPyTorch(gamma=GAMMA)(leaf(x), leaf(y))
+    return methods
+
+
+def bench(device: torch.device, rounds: int, tslearn: bool) -> None:
+    batch, rows, cols, dim = SIZES[device.type]
+    gen = torch.Generator().manual_seed(0)
+    # L2-normalised frames, as SCORE's head produces them.
+    x = torch.nn.functional.normalize(torch.randn(batch, rows, dim, generator=gen), dim=-1).to(device)
+    y = torch.nn.functional.normalize(torch.randn(batch, cols, dim, generator=gen), dim=-1).to(device)
+    costs = pairwise_cost(x, y)
+    cells = batch * rows * cols
+    methods = _methods(device, x, y, costs, tslearn)
+    ours = soft_dtw(x, y, gamma=GAMMA)
+    peer = methods["pysdtw end-to-end"]().detach()
+    print(f"\n== {device.type}: B={batch}, N={rows}, M={cols}, D={dim}, gamma={GAMMA}, float32 ==")
+    print(f"max |ours - pysdtw| / |pysdtw| = {float(((ours - peer).abs() / peer.abs()).max()):.2e}")
+    for fn in methods.values():  # warm-up: compilation, caches, allocator
+        _time(fn, device)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for r in range(rounds):
+        for name, fn in methods.items():
+            if name.startswith("tslearn") and r > 0:
+                continue  # seconds per call: one timed call is enough
+            times[name].append(_time(fn, device))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    print(f"{'method':<22}{'fwd+bwd ms':>12}{'Mcells/s':>12}")
+    for name, seconds in median.items():
+        print(f"{name:<22}{seconds * 1e3:>12.2f}{cells / seconds / 1e6:>12.1f}")
+    print("speed ratios (same run):")
+    for ours_name, peer_name in (
+        ("ours end-to-end", "pysdtw end-to-end"),
+        ("ours DP only", "pysdtw DP only"),
+        ("ours end-to-end", "tslearn end-to-end"),
+    ):
+        if peer_name in median:
+            print(f"  {ours_name} / {peer_name}: {median[peer_name] / median[ours_name]:.1f}x")
+    if device.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="timed calls per method")
+    parser.add_argument("--no-tslearn", action="store_true", help="skip tslearn (seconds per call)")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; ours keeps 12 bytes per cell (float32)")
+    bench(torch.device("cpu"), args.rounds, not args.no_tslearn)
+    if torch.cuda.is_available():
+        bench(torch.device("cuda"), args.rounds, not args.no_tslearn)
+    else:
+        print("\n== cuda: skipped, no CUDA device available ==")
+
+
+if __name__ == "__main__":
+    main()
