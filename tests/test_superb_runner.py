@@ -155,6 +155,11 @@ def test_rows_gains_and_plot(env):
     assert rows[1]["run_dir"] == str(env["out"] / "asr" / "score_hubert_local--score" / "test-clean")
     assert all(len(r["config_hash"]) == 12 and r["git_commit"] and r["date"] for r in rows)
     assert (env["csv"].parent / "superb_gains.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the data settings in the commands are what the preparation functions return
+    for name, downstream in (("asr", "asr"), ("pr", "ctc")):
+        marker = json.loads((env["out"] / "prepared" / f"{name}.done.json").read_text())
+        train = next(a for a in launches(env) if "train" in a and a[a.index("-d") + 1] == downstream)
+        assert overrides(marker["outputs"]["overrides"]).items() <= overrides(train[-1]).items()
 
 
 def test_rerun_skips_finished_stages_and_force_redoes_them(env, capsys):

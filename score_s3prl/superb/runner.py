@@ -6,17 +6,17 @@ For each upstream (``--upstream NAME[=CKPT]``, repeatable, the first is the base
 ``hubert_base`` and ``score_hubert=$SCORE_HUBERT_CKPT``) the stock s3prl recipe runs through
 ``python -m score_s3prl.run_downstream``, one subprocess per stage, in ``<out>/<task>/<upstream>/``:
 
-=====  ====================================  ==========================  ====================
-task   train                                 evaluate                    metric
-=====  ====================================  ==========================  ====================
-asr    ``-d asr`` (stock settings)           ``-e dev-clean-best.ckpt``  WER from the hyp/ref
-                                             ``-t test-clean``           files
-pr     ``-d ctc`` (libriphone, lr 5e-4)      ``-e dev-best.ckpt -t test``  PER from the hyp/ref
-                                                                         files
-qbe    none                                  ``-d quesst14_dtw -t test   MTWV (native; the
-                                             -l -1`` (``--qbe-dev-layers``  official script too
-                                             adds a dev sweep)           when present)
-=====  ====================================  ==========================  ====================
+- ``asr``: train ``-d asr`` (stock settings), evaluate ``-e <train>/dev-clean-best.ckpt -t test-clean``,
+  WER recomputed from the hyp/ref files s3prl writes;
+- ``pr``: train ``-d ctc`` (libriphone, lr 5e-4 as the paper), evaluate ``-e <train>/dev-best.ckpt
+  -t test``, PER from the hyp/ref files;
+- ``qbe``: no training; ``-m evaluate -d quesst14_dtw -t test -l -1`` (the last layer, as the
+  paper), MTWV computed natively from ``benchmark.stdlist.xml`` (and by the official script when
+  the QUESST 2014 root has it); ``--qbe-dev-layers`` adds a dev sweep over layers.
+
+The experiment folders are given with ``-p`` (absolute) rather than ``-n``: s3prl stores the
+expdir in its checkpoints, and a path relative to one working directory breaks ``-e`` from
+another.
 
 Data roots come from ``--libri-root`` / ``$LIBRISPEECH_ROOT``, ``--quesst-root`` /
 ``$QUESST14_ROOT`` and, optionally, ``--lexicon`` / ``$LIBRISPEECH_LEXICON`` (without it a lexicon
@@ -26,9 +26,13 @@ prints the commands. Each measurement is appended to the results CSV (``--result
 summary table (our relative gains beside the paper's) and a bar chart (``--plot``) end the run.
 
 ``demo`` needs no data and no weights: it builds a tiny LibriSpeech-layout corpus and a tiny
-QUESST-layout set from the bundled audio, makes a tiny random HuBERT, SCORE-fine-tunes it for a
-few updates, and runs the three tasks for both on the CPU in a few minutes. Its numbers show
-that the pipeline works end to end; they are not SUPERB numbers.
+QUESST-layout set from the bundled audio, makes a tiny random HuBERT (``make-tiny``),
+SCORE-fine-tunes it (``finetune``, ``upstream_configs/score_tiny.yaml``) and runs the three tasks
+for both on the CPU, in about a minute on 2 cores. The baseline is stock s3prl's
+``hubert_local -k <tiny base>``: like the real baseline ``hubert_base`` it loads through s3prl's
+own code, none of ours, so a loader of ours cannot flatter or handicap the baseline; the SCORE side
+is ``score_hubert_local -k <export>``. Both build s3prl's HuBERT expert, so they differ only in
+weights. The demo's numbers show that the pipeline works end to end; they are not SUPERB numbers.
 """
 
 from __future__ import annotations
@@ -281,7 +285,7 @@ class Planner:
         libri, out = self.settings.libri_root, self.prepared / "asr"
 
         def action() -> dict[str, Any]:
-            return {"tables": [str(p) for p in prepare.write_bucket_files(libri, out, SPLITS)]}
+            return {"overrides": prepare.prepare_asr(libri, out, SPLITS)}
 
         return Stage("prepare/asr", self.prepared, "asr", action=action, clean=out,
                      describe=f"length tables of {', '.join(SPLITS)} -> {out}",
@@ -289,16 +293,13 @@ class Planner:
 
     @cached_property
     def prepare_pr(self) -> Stage:
-        libri, lexicon = self.settings.libri_root, self.lexicon
+        libri, out = self.settings.libri_root, self.prepared / "pr"
 
         def action() -> dict[str, Any]:
-            stats = prepare.write_lexicon(libri, lexicon, SPLITS)
-            print(f"{lexicon}: {stats.words} words, {stats.oov_words} not in CMUdict -> "
-                  f"{prepare.OOV_PHONE} ({stats.oov_tokens} of {stats.tokens} running words)")
-            return dataclasses.asdict(stats)
+            return {"overrides": prepare.prepare_pr(libri, out, SPLITS)}
 
         return Stage("prepare/pr", self.prepared, "pr", action=action,
-                     describe=f"lexicon of {', '.join(SPLITS)} from CMUdict -> {lexicon}",
+                     describe=f"lexicon of {', '.join(SPLITS)} from CMUdict -> {self.lexicon}",
                      settings={"libri_root": str(libri), "splits": SPLITS})
 
     @property
@@ -306,7 +307,8 @@ class Planner:
         return self.settings.lexicon or self.prepared / "pr" / "lexicon.txt"
 
     def data_overrides(self, task: str) -> dict[str, Any]:
-        """The ``-o`` keys that point ``task``'s recipe at the data."""
+        """The ``-o`` keys that point ``task``'s recipe at the data (the same as the ``prepare_*``
+        functions return, known before they run: a dry run prints them)."""
         s = self.settings
         expert = "config.downstream_expert"
         if task == "asr":
@@ -530,7 +532,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, metavar="CSV", help="results CSV (default: results/superb_results.csv; "
                                                      "demo: <out>/superb_results.csv)")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="gains chart PNG (default: superb_gains.png beside the CSV)")
-    parser.add_argument("--device", default="auto", help="s3prl --device: auto (cuda if available), cpu, cuda")
+    parser.add_argument("--device", default="auto", help="s3prl --device: auto (cuda if available), cpu, cuda (demo: cpu)")
     parser.add_argument("--steps", type=int, help="ASR/PR training updates (default: the recipe's; demo: 20)")
     parser.add_argument("--workers", type=int, help="dataloader workers (default: the recipe's; demo: 0)")
     parser.add_argument("--qbe-layer", type=int, default=LAST_LAYER, help="QbE layer on test (default: -1, the last)")
