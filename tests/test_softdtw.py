@@ -370,3 +370,34 @@ def test_cpu_weight_buffers_are_reused_only_once_released():
     for _ in range(3):
         grads([0, 1, 2])
     assert [id(a) for a in cpu._WORKSPACE._arrays] == before
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_precomputed_costs_ignore_nan_padding(backend):
+    x, y, xl, yl = _pairs(2, 6, 5, 2, [6, 3], [5, 2], seed=18, pad_value=0.0)
+    clean = pairwise_cost(x, y)
+    dirty = clean.clone()
+    dirty[1, 3:] = float("nan")
+    dirty[1, :, 2:] = float("nan")
+    want = soft_dtw_from_cost(clean, xl, yl, backend=backend)
+    costs = dirty.requires_grad_(True)
+    got = soft_dtw_from_cost(costs, xl, yl, backend=backend)
+    assert torch.equal(got, want)
+    got.sum().backward()
+    assert bool(torch.isfinite(costs.grad).all()) and costs.grad[1, 3:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_divergence_matches_reference(backend):
+    # Unequal lengths: the kernels' divergence (Triton's runs the three terms in one padded
+    # launch) against the reference's three separate terms.
+    x, y, xl, yl = _pairs(3, 9, 12, 3, [9, 4, 7], [12, 12, 5], seed=19, pad_value=0.0)
+    results = []
+    for name in (backend, "reference"):
+        a = x.clone().requires_grad_(True)
+        b = y.clone().requires_grad_(True)
+        div = soft_dtw_divergence(a, b, xl, yl, gamma=0.3, bandwidth=8, backend=name)
+        (div * torch.tensor([1.0, -2.0, 3.0], dtype=div.dtype)).sum().backward()
+        results.append((div.detach(), a.grad, b.grad))
+    for got, want in zip(*results):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-10)

@@ -100,10 +100,17 @@ def soft_dtw_divergence(
     Non-negative for the built-in costs and zero for identical inputs; each self-term uses that
     sequence's own lengths. Arguments as in :func:`soft_dtw`.
     """
-    args = dict(gamma=gamma, cost=cost, bandwidth=bandwidth, backend=backend)
-    xy = soft_dtw(x, y, x_lengths, y_lengths, **args)
-    xx = soft_dtw(x, x, x_lengths, x_lengths, **args)
-    yy = soft_dtw(y, y, y_lengths, y_lengths, **args)
+    terms = ((x, y, x_lengths, y_lengths), (x, x, x_lengths, x_lengths), (y, y, y_lengths, y_lengths))
+    if _backend_name(backend, x.device) != "triton":
+        xy, xx, yy = (soft_dtw(*term, gamma=gamma, cost=cost, bandwidth=bandwidth, backend=backend) for term in terms)
+        return xy - (xx + yy) / 2
+    # The GPU kernel runs one program per pair, so B pairs keep only B multiprocessors busy:
+    # the three terms go in one launch of 3B pairs, padded to a common square size.
+    prepared = [_prepare(*term, cost, bandwidth) for term in terms]
+    size = max(x.shape[1], y.shape[1])
+    costs = torch.cat([F.pad(c, (0, size - c.shape[2], 0, size - c.shape[1])) for c, _, _ in prepared])
+    rows, cols = (torch.cat([p[k] for p in prepared]) for k in (1, 2))
+    xy, xx, yy = soft_dtw_from_cost(costs, rows, cols, gamma, backend=backend).chunk(3)
     return xy - (xx + yy) / 2
 
 
@@ -263,14 +270,20 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _kernel(backend: str, device: torch.device) -> ModuleType | None:
-    """The kernel module for ``backend`` on ``device`` (None: the plain-torch reference)."""
+def _backend_name(backend: str, device: torch.device) -> str:
+    """``backend`` with "auto" resolved: the environment variable, else by device."""
     if backend == "auto":
         backend = os.environ.get(BACKEND_ENV, "auto")
     if backend not in BACKENDS:
         raise ScoreError(f"soft-DTW: unknown backend {backend!r} (from argument or {BACKEND_ENV}); use one of {BACKENDS}")
     if backend == "auto":
-        backend = "triton" if device.type == "cuda" else "cpu"
+        return "triton" if device.type == "cuda" else "cpu"
+    return backend
+
+
+def _kernel(backend: str, device: torch.device) -> ModuleType | None:
+    """The kernel module for ``backend`` on ``device`` (None: the plain-torch reference)."""
+    backend = _backend_name(backend, device)
     if backend == "reference":
         return None
     if backend == "cpu":

@@ -9,6 +9,8 @@ from .functional import Cost, soft_dtw, soft_dtw_alignment, soft_dtw_divergence
 
 
 class _SoftDTWBase(nn.Module):
+    _function = staticmethod(soft_dtw)
+
     def __init__(
         self, gamma: float = 0.1, cost: Cost = "sqeuclidean", bandwidth: int | None = None, backend: str = "auto"
     ) -> None:
@@ -18,8 +20,21 @@ class _SoftDTWBase(nn.Module):
         self.bandwidth = bandwidth
         self.backend = backend
 
-    def _options(self) -> dict:
-        return dict(gamma=self.gamma, cost=self.cost, bandwidth=self.bandwidth, backend=self.backend)
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_lengths: torch.Tensor | None = None,
+        y_lengths: torch.Tensor | None = None,
+        return_alignment: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Values (B,) for x (B, N, D), y (B, M, D); with ``return_alignment`` also the expected
+        x-y alignment (B, N, M), detached, for inspection."""
+        options = dict(gamma=self.gamma, cost=self.cost, bandwidth=self.bandwidth, backend=self.backend)
+        values = self._function(x, y, x_lengths, y_lengths, **options)
+        if return_alignment:
+            return values, soft_dtw_alignment(x, y, x_lengths, y_lengths, **options)[1]
+        return values
 
     def extra_repr(self) -> str:
         cost = getattr(self.cost, "__name__", self.cost)
@@ -29,34 +44,8 @@ class _SoftDTWBase(nn.Module):
 class SoftDTW(_SoftDTWBase):
     """Soft-DTW between x (B, N, D) and y (B, M, D); see :func:`~.functional.soft_dtw`."""
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        x_lengths: torch.Tensor | None = None,
-        y_lengths: torch.Tensor | None = None,
-        return_alignment: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Values (B,); with ``return_alignment`` also the expected alignment (B, N, M), detached."""
-        values = soft_dtw(x, y, x_lengths, y_lengths, **self._options())
-        if return_alignment:
-            return values, soft_dtw_alignment(x, y, x_lengths, y_lengths, **self._options())[1]
-        return values
-
 
 class SoftDTWDivergence(_SoftDTWBase):
     """Soft-DTW divergence between x (B, N, D) and y (B, M, D); see :func:`~.functional.soft_dtw_divergence`."""
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        x_lengths: torch.Tensor | None = None,
-        y_lengths: torch.Tensor | None = None,
-        return_alignment: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Divergences (B,); with ``return_alignment`` also the expected x-y alignment (B, N, M), detached."""
-        values = soft_dtw_divergence(x, y, x_lengths, y_lengths, **self._options())
-        if return_alignment:
-            return values, soft_dtw_alignment(x, y, x_lengths, y_lengths, **self._options())[1]
-        return values
+    _function = staticmethod(soft_dtw_divergence)

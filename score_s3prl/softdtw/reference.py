@@ -37,14 +37,16 @@ def soft_dtw_reference(
     # R on diagonals d-1 and d-2, indexed by row + 1 (index 0 is row -1).
     r1 = inf.expand(batch, rows + 1)
     r2 = torch.cat([torch.zeros_like(inf), inf.expand(batch, rows)], dim=1)  # R[-1, -1] = 0
+    n = x_lengths.to(device).view(batch, 1)
+    m = y_lengths.to(device).view(batch, 1)
     last_rows = []
     for d in range(rows + cols - 1):
         col = d - row
-        on_grid = (col >= 0) & (col < cols)
+        # Cells outside a pair's own grid are +inf, whatever its padding holds.
+        inside = (col >= 0) & (row < n) & (col < m)
         c = cost[:, row, col.clamp(0, cols - 1)]
         best = softmin(torch.stack([r2[:, :-1], r1[:, :-1], r1[:, 1:]], dim=-1), gamma)
-        r0 = torch.where(on_grid, c + best, inf)
+        r0 = torch.where(inside, c + best, inf)
         r1, r2 = torch.cat([inf, r0], dim=1), r1
-        last_rows.append(r0.gather(1, (x_lengths - 1).view(batch, 1).to(device)).squeeze(1))
-    final_diagonal = (x_lengths + y_lengths - 2).to(device)
-    return torch.stack(last_rows, dim=1).gather(1, final_diagonal.view(batch, 1)).squeeze(1)
+        last_rows.append(r0.gather(1, n - 1).squeeze(1))
+    return torch.stack(last_rows, dim=1).gather(1, n + m - 2).squeeze(1)
