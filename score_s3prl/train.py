@@ -332,7 +332,8 @@ def train(cfg: TrainConfig) -> Path:
             loss_value = loss_sum / count
             if not (math.isfinite(loss_value) and torch.isfinite(grad_norm)):
                 position.bad_in_a_row += 1
-                tqdm.write(f"update {position.update + 1}: non-finite loss or gradient ({loss_value}), skipped")
+                tqdm.write(f"update {position.update + 1}: non-finite loss or gradient ({loss_value}), skipped",
+                           file=sys.stderr)
                 if position.bad_in_a_row >= cfg.max_bad_losses:
                     raise ScoreError(f"{cfg.max_bad_losses} non-finite losses in a row: stopping "
                                      f"(the last good state is in {state_path})")

@@ -1,0 +1,207 @@
+"""The SCORE fine-tuning runner: learning, freezing, export, resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from score_s3prl.checkpoint import read_converted
+from score_s3prl.config import load_config
+from score_s3prl.errors import ScoreError
+from score_s3prl.train import EXPORT_FILE, STATE_FILE, lr_factor, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "upstream_configs" / "score_tiny.yaml"
+
+
+def tiny_config(tiny_ckpt, assets_dir, out, **values):
+    return load_config(
+        TINY_CONFIG,
+        values_set={"init": str(tiny_ckpt), "data.root": str(assets_dir), "out": str(out), **values},
+    )
+
+
+def finetune_cmd(tiny_ckpt, assets_dir, out, *extra):
+    return [sys.executable, "-m", "score_s3prl.cli", "finetune", "--config", str(TINY_CONFIG),
+            "--init", str(tiny_ckpt), "--data", str(assets_dir), "--out", str(out), *extra]
+
+
+def subprocess_env():
+    # One thread: the same float reductions in every process, so runs compare bit for bit.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def test_paper_config_states_every_default():
+    cfg = load_config(REPO / "upstream_configs" / "score_hubert_base.yaml")
+    assert cfg == load_config(None)
+    assert (cfg.optim.lr, cfg.optim.warmup_updates, cfg.optim.total_updates) == (2e-5, 1000, 3600)
+    assert (cfg.loss.gamma, cfg.model.head_dim, cfg.model.trainable_layers) == (0.1, 256, 2)
+    assert cfg.views.speed_factors == [0.9, 1.0, 1.1] and cfg.views.semitones == [-2.0, 2.0]
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ScoreError, match="unknown config key.*lr"):
+        load_config(None, ["lr=1"])
+    with pytest.raises(ScoreError, match="optim: unknown config key.*learning_rate"):
+        load_config(None, ["optim.learning_rate=1"])
+    with pytest.raises(ScoreError, match="missing.yaml: config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    assert load_config(None, ["optim.lr=1e-4", "data.subsets=[a, b]"]).data.subsets == ["a", "b"]
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    factors = [lr_factor(u, 10, 30) for u in range(30)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[29] == pytest.approx(0.05)
+    assert all(a <= b for a, b in zip(factors[:10], factors[1:10]))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+
+
+def test_loss_falls_on_a_fixed_batch(tiny_ckpt, speech):
+    from score_s3prl.augment import CorrespondenceViews
+    from score_s3prl.base_models import load_base_state
+    from score_s3prl.model import ScoreModel
+
+    torch.manual_seed(0)
+    base, _ = load_base_state(str(tiny_ckpt))
+    model = ScoreModel(base, head_dim=16, trainable_layers=2, train_final_norm=True, gamma=0.1, bandwidth=None)
+    wavs = torch.stack([speech[:32000], speech[16000:48000]])
+    lengths = torch.tensor([32000, 32000])
+    views = CorrespondenceViews([0.9, 1.1], [-2.0, 2.0], 0.5, 16000)
+    batch = views(wavs, lengths, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss, _ = model(*batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_run_trains_only_the_top_layers_and_exports(tiny_ckpt, assets_dir, tmp_path):
+    cfg = tiny_config(tiny_ckpt, assets_dir, tmp_path / "run", **{"optim.total_updates": 6, "log_every": 2})
+    export_path = train(cfg)
+    assert export_path == tmp_path / "run" / EXPORT_FILE
+    base, tuned = read_converted(tiny_ckpt), read_converted(export_path)
+    assert tuned["model_cfg"] == base["model_cfg"] and tuned["task_cfg"] == base["task_cfg"]
+    assert tuned["score"]["updates"] == 6 and tuned["score"]["audio_hours"] > 0
+    changed = {k for k, v in base["model_weight"].items() if not torch.equal(v, tuned["model_weight"][k])}
+    # Tiny model: 4 layers; the top 2 and the two norms the official code trains; nothing else moves.
+    assert changed, "nothing trained"
+    allowed = ("encoder.layers.2.", "encoder.layers.3.", "encoder.layer_norm.", "layer_norm.")
+    assert all(k.startswith(allowed) for k in changed), sorted(changed)
+    assert any(k.startswith("encoder.layers.3.") for k in changed)
+    with open(tmp_path / "run" / "train_log.csv") as handle:
+        assert [int(r["update"]) for r in csv.DictReader(handle)] == [2, 4, 6]
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+    assert list((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_same_seed_same_weights(tiny_ckpt, assets_dir, tmp_path):
+    exports = [train(tiny_config(tiny_ckpt, assets_dir, tmp_path / name, **{"optim.total_updates": 3}))
+               for name in ("a", "b")]
+    a, b = (read_converted(p)["model_weight"] for p in exports)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_same_weights(tiny_ckpt, assets_dir, tmp_path, sig):
+    extra = ["--steps", "24", "save_every=2"]
+    env = subprocess_env()
+    whole = subprocess.run(finetune_cmd(tiny_ckpt, assets_dir, tmp_path / "whole", *extra),
+                           env=env, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(finetune_cmd(tiny_ckpt, assets_dir, run_dir, *extra), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(run_dir / STATE_FILE, proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate()
+    assert proc.returncode == (-sig if sig == signal.SIGKILL else 128 + sig), stderr
+    assert not (run_dir / EXPORT_FILE).exists(), "the run finished before it was killed"
+    stopped_at = torch.load(run_dir / STATE_FILE, weights_only=True)["position"]["update"]
+    assert 0 < stopped_at < 24
+
+    resumed = subprocess.run(finetune_cmd(tiny_ckpt, assets_dir, run_dir, *extra),
+                             env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run_dir} at update {stopped_at}" in resumed.stderr
+    a = read_converted(tmp_path / "whole" / EXPORT_FILE)["model_weight"]
+    b = read_converted(run_dir / EXPORT_FILE)["model_weight"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with open(run_dir / "train_log.csv") as handle:
+        updates = [int(r["update"]) for r in csv.DictReader(handle)]
+    assert updates == sorted(set(updates))  # no rows repeated by the resume
+
+
+def test_resume_refuses_another_config(tiny_ckpt, assets_dir, tmp_path):
+    train(tiny_config(tiny_ckpt, assets_dir, tmp_path, **{"optim.total_updates": 1}))
+    with pytest.raises(ScoreError, match="trained with another config"):
+        train(tiny_config(tiny_ckpt, assets_dir, tmp_path, **{"optim.total_updates": 2, "optim.lr": 1.0}))
+
+
+def test_nan_losses_skip_updates_then_abort(tiny_ckpt, assets_dir, tmp_path, monkeypatch, capsys):
+    from score_s3prl import model as model_module
+
+    real_forward = model_module.ScoreModel.forward
+
+    def nan_forward(self, *args):
+        loss, stats = real_forward(self, *args)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(model_module.ScoreModel, "forward", nan_forward)
+    cfg = tiny_config(tiny_ckpt, assets_dir, tmp_path, max_bad_losses=3)
+    with pytest.raises(ScoreError, match="3 non-finite losses in a row"):
+        train(cfg)
+    assert "non-finite loss" in capsys.readouterr().err
+    assert not (tmp_path / EXPORT_FILE).exists()
+
+
+def test_missing_data_and_init_are_clear_errors(tiny_ckpt, tmp_path):
+    with pytest.raises(ScoreError, match="nowhere"):
+        train(tiny_config(tiny_ckpt, tmp_path / "nowhere", tmp_path / "run"))
+    with pytest.raises(ScoreError, match="no base model"):
+        train(load_config(TINY_CONFIG, values_set={"out": str(tmp_path / "run2")}))
+
+
+def test_cli_prints_one_error_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "score_s3prl.cli", "finetune", "--config",
+                           str(tmp_path / "none.yaml")], capture_output=True, text=True, env=subprocess_env())
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {tmp_path / 'none.yaml'}: config file not found"
+
+
+def test_export_loads_through_both_hub_entries(tiny_ckpt, assets_dir, tmp_path, speech):
+    from score_s3prl import hub
+
+    hub.register()  # applies the compat shims first: s3prl.hub does not import without them
+    import s3prl.hub
+
+    export_path = train(tiny_config(tiny_ckpt, assets_dir, tmp_path, **{"optim.total_updates": 2}))
+    ours = s3prl.hub.score_hubert_local(ckpt=str(export_path))
+    stock = s3prl.hub.hubert_local(ckpt=str(export_path))
+    base = s3prl.hub.hubert_local(ckpt=str(tiny_ckpt))
+    with torch.no_grad():
+        mine, theirs, before = (u.eval()([speech])["hidden_states"] for u in (ours, stock, base))
+    assert all(torch.equal(a, b) for a, b in zip(mine, theirs))
+    assert not torch.equal(mine[-1], before[-1])  # the export carries the tuned weights
+    assert ours.score_metadata["updates"] == 2
