@@ -254,3 +254,13 @@ def test_official_mtwv_absent_and_present(tmp_path, stdlist):
     assert official_mtwv(tmp_path, stdlist, "gt") == pytest.approx(0.0736412)
     with pytest.raises(ScoreError, match=r"exit 1\): no maxTWV"):
         official_mtwv(tmp_path, stdlist, "other")
+
+
+def test_nothing_detected_scores_exactly_zero():
+    # 3 queries with 1, 2 and 3 targets among 7 files: summing 1/(Q n_q) in floating point
+    # leaves round-off unless the all-missed end of the sweep is exact.
+    targets = np.zeros((3, 7), dtype=bool)
+    targets[0, :1] = targets[1, :2] = targets[2, :3] = True
+    scores = np.where(targets, 0.0, 1.0)  # every non-target outranks every target
+    value, threshold = max_twv(scores, targets)
+    assert value == 0.0 and threshold == 1.0

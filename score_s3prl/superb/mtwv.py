@@ -318,6 +318,7 @@ def max_twv(scores: np.ndarray, targets: np.ndarray, beta: float = BETA) -> tupl
     order = np.argsort(scores, axis=None, kind="stable")
     ordered = scores.ravel()[order]
     missed = np.cumsum(miss.ravel()[order])
+    missed[-1] = 1.0  # nothing detected: every target missed, P_miss is exactly 1 (no round-off)
     # false alarms still detected: suffix sums (not total - prefix, which leaves round-off
     # where nothing is detected)
     false_alarms = np.append(np.cumsum(fa.ravel()[order][::-1])[::-1][1:], 0.0)
