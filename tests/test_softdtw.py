@@ -401,3 +401,22 @@ def test_divergence_matches_reference(backend):
         results.append((div.detach(), a.grad, b.grad))
     for got, want in zip(*results):
         assert torch.allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_backward_keeps_only_the_weights_per_cell():
+    batch, n, m, dim = 2, 40, 30, 16
+    x = torch.randn(batch, n, dim, requires_grad=True)
+    y = torch.randn(batch, m, dim, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    for cost in ("sqeuclidean", "cosine"):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            soft_dtw(x, y, cost=cost)
+        per_cell = [k for k in saved if k > batch * (n + m) * dim]
+        # One tensor of three float32 weights per cell (plus one spare cell per pair).
+        assert per_cell == [batch * 3 * (n * m + 1)]

@@ -7,6 +7,10 @@ soft-DTW is the smoothed minimum over all monotone alignment paths from (0, 0) t
 R[i, j] = cost[i, j] + softmin_gamma(R[i-1, j-1], R[i-1, j], R[i, j-1]).
 Its gradient with respect to the cost matrix is the expected alignment matrix E (B, N, M).
 
+Memory: between forward and backward the kernels keep the three soft-min weights of every
+cell, 12 bytes per cell in float32; the built-in costs keep nothing of size B x N x M (their
+backward needs only x and y), so a pair of sequences costs 12 N M bytes until its backward.
+
 The dynamic programme runs in a kernel chosen by the tensors' device: numba on the CPU
 (``cpu.py``), Triton on CUDA (``triton_kernel.py``); ``backend="reference"`` is plain torch.
 The environment variable ``SCORE_SOFTDTW_BACKEND`` overrides ``backend="auto"``.
@@ -54,7 +58,13 @@ def pairwise_cost(x: torch.Tensor, y: torch.Tensor, cost: Cost = "sqeuclidean") 
         centre = ((x.sum(1, keepdim=True) + y.sum(1, keepdim=True)) / (x.shape[1] + y.shape[1])).detach()
         x, y = x - centre, y - centre
         sq = (x * x).sum(-1).unsqueeze(2) + (y * y).sum(-1).unsqueeze(1)
-        return (sq - 2 * torch.bmm(x, y.transpose(1, 2))).clamp_min(0)
+        costs = sq - 2 * torch.bmm(x, y.transpose(1, 2))
+        # Rounding can leave tiny negative costs: lift them to 0 with a detached shift, which
+        # keeps the expansion's exact gradient 2 (x - y) and saves no (B, N, M) tensor for
+        # the backward pass (clamp_min would save one and zero those gradients).
+        with torch.no_grad():
+            shortfall = costs.neg().clamp_min_(0)
+        return costs + shortfall
     if cost == "cosine":
         return 1 - torch.bmm(F.normalize(x, dim=-1), F.normalize(y, dim=-1).transpose(1, 2))
     raise ScoreError(f"soft-DTW: unknown cost {cost!r}; use 'sqeuclidean', 'cosine' or a callable")
