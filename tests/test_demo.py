@@ -49,7 +49,8 @@ def test_demo_runs_all_tasks_for_base_and_score(demo):
     for b, s in zip(base, score):
         lower = b["lower_is_better"] == "true"
         expected = results.relative_gain(float(s["value"]), float(b["value"]), lower)
-        assert float(s["relative_gain_vs_baseline_%"]) == pytest.approx(expected, rel=1e-5, abs=1e-9)
+        gain = float(s["relative_gain_vs_baseline_%"])  # NaN where the baseline scores 0 (tiny QbE)
+        assert gain == pytest.approx(expected, rel=1e-5, abs=1e-9, nan_ok=True)
     # the metrics are recomputed from the files s3prl wrote
     for row in rows[:4]:
         rate = metrics.recipe_error_rate(row["run_dir"], row["task"], row["split"])

@@ -95,7 +95,8 @@ def test_read_results_round_trip(tmp_path):
     path = tmp_path / "r.csv"
     append_results(path, run_rows())
     frame = read_results(path)
-    assert list(frame.columns) == list(COLUMNS)
+    assert list(frame.columns) == [*COLUMNS, "baseline"]
+    assert frame["baseline"].tolist() == [True, False, True, False]
     assert frame["value"].tolist() == [6.42, 6.35, 0.0736, 0.0829]
     assert frame["lower_is_better"].tolist() == [True, True, False, False]
     gains = frame["relative_gain_vs_baseline_%"]
@@ -113,6 +114,16 @@ def test_summary_table_puts_paper_gains_beside_ours():
     qbe = next(line for line in lines if "score_hubert_local" in line and line.startswith("qbe"))
     assert f"{PAPER_GAINS['qbe']:+.2f}%" in qbe
     assert "baseline" in next(line for line in lines if "hubert_local " in line)
+
+
+def test_undefined_gain_is_not_shown_as_a_baseline(tmp_path):
+    # A baseline MTWV of 0 leaves the gain undefined (NaN): it reads "n/a", beside the paper's.
+    rows = [row("qbe", "mtwv", "hubert_local", 0.0, False),
+            row("qbe", "mtwv", "score_hubert_local", 0.0, False, relative_gain(0.0, 0.0, False))]
+    append_results(tmp_path / "r.csv", rows)
+    for source in (rows, read_results(tmp_path / "r.csv")):
+        score_line = summary_table(source).splitlines()[2]
+        assert "n/a" in score_line and f"{PAPER_GAINS['qbe']:+.2f}%" in score_line
 
 
 def test_plot_gains_writes_a_png(tmp_path):

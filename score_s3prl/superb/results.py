@@ -144,7 +144,8 @@ def append_results(csv_path: str | os.PathLike, rows: Sequence[ResultRow]) -> No
 
 def read_results(csv_path: str | os.PathLike) -> pd.DataFrame:
     """The results CSV as a DataFrame: ``value`` and the gain column as floats (NaN for
-    empty), ``lower_is_better`` as bool, every other column as str."""
+    empty or undefined), ``lower_is_better`` as bool, every other column as str, plus a bool
+    ``baseline`` column (the gain field is empty)."""
     path = Path(csv_path)
     if not path.is_file():
         raise ScoreError(f"{path}: results file not found")
@@ -156,8 +157,9 @@ def read_results(csv_path: str | os.PathLike) -> pd.DataFrame:
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     gain = COLUMNS[7]
     frame = frame.copy()
+    frame["baseline"] = frame[gain].astype(str) == ""  # "nan" is a gain that is undefined
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
-    frame[gain] = pd.to_numeric(frame[gain], errors="coerce")  # "" (baseline) -> NaN
+    frame[gain] = pd.to_numeric(frame[gain], errors="coerce")
     frame["lower_is_better"] = frame["lower_is_better"].astype(str).str.lower() == "true"
     return frame
 
@@ -182,7 +184,7 @@ def summary_table(
     header = ("task", "metric", "split", "upstream", "value", "gain", "paper gain")
     lines = [header]
     for _, row in frame.iterrows():
-        is_base = math.isnan(row[gain])
+        is_base = row["baseline"]
         paper = paper_gains.get(row["task"])
         lines.append((
             row["task"], row["metric"], row["split"], row["upstream"], f"{row['value']:.4f}",
@@ -206,7 +208,7 @@ def plot_gains(
 
     frame = _frame(rows)
     gain = COLUMNS[7]
-    ours = frame[frame[gain].notna()].groupby(["task", "upstream"], sort=False).tail(1)
+    ours = frame[~frame["baseline"]].groupby(["task", "upstream"], sort=False).tail(1)
     present = set(ours["task"]) | set(paper_gains)
     tasks = [t for t in TASK_ORDER if t in present] + sorted(present - set(TASK_ORDER))
     series = [("SCORE paper", [paper_gains.get(t, math.nan) for t in tasks])]
