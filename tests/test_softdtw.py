@@ -420,3 +420,14 @@ def test_backward_keeps_only_the_weights_per_cell():
         per_cell = [k for k in saved if k > batch * (n + m) * dim]
         # One tensor of three float32 weights per cell (plus one spare cell per pair).
         assert per_cell == [batch * 3 * (n * m + 1)]
+
+
+def test_cpu_kernel_works_in_a_forked_child():
+    mp = pytest.importorskip("multiprocessing")
+    x, y, xl, yl = _pairs(4, 20, 15, 3, [20, 9, 14, 3], [15, 15, 7, 2], seed=20, pad_value=0.0)
+    # Precomputed costs: torch's own OpenMP matmuls are not fork-safe, the kernel's threads are.
+    costs = pairwise_cost(x, y).float()
+    want = soft_dtw_from_cost(costs, xl, yl, backend="cpu")  # starts the thread pool here
+    with mp.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(soft_dtw_from_cost, (costs, xl, yl), dict(backend="cpu")).get(timeout=60)
+    assert torch.equal(got, want)

@@ -19,6 +19,7 @@ float64 (for gradcheck) uses libm.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -280,14 +281,16 @@ _WORKSPACE = _Workspace()
 
 
 @cache
-def _pool() -> ThreadPoolExecutor:
+def _pool(pid: int) -> ThreadPoolExecutor:
+    # Keyed by process id: a forked child (a DataLoader worker) inherits the pool's state but
+    # not its threads, and needs a pool of its own.
     return ThreadPoolExecutor(thread_name_prefix="softdtw")
 
 
 def _parallel(kernel, batch: int, *args) -> None:
     """Run ``kernel(first, step, *args)`` for first = 0..step-1, pairs first, first + step, ..."""
     step = max(1, min(torch.get_num_threads(), batch))
-    futures = [_pool().submit(kernel, first, step, *args) for first in range(1, step)]
+    futures = [_pool(os.getpid()).submit(kernel, first, step, *args) for first in range(1, step)]
     kernel(0, step, *args)
     for future in futures:
         future.result()
