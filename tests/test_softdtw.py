@@ -431,3 +431,28 @@ def test_cpu_kernel_works_in_a_forked_child():
     with mp.get_context("fork").Pool(1) as pool:
         got = pool.apply_async(soft_dtw_from_cost, (costs, xl, yl), dict(backend="cpu")).get(timeout=60)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+def test_triton_kernels_compile_for_hopper(dtype):
+    # No GPU here: compile to an sm_90 cubin (H100/H200) to catch what the interpreter does
+    # not check (types of loop-carried values, layouts of the register shifts).
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from score_s3prl.softdtw import triton_kernel
+
+    forward, backward = triton_kernel._kernels()
+    ptr, strides = f"*{dtype}", ["i32"] * 4
+    signatures = {
+        forward: [ptr, "*i64", "*i64", ptr, ptr, ptr, *strides],
+        backward: [ptr, "*i64", "*i64", ptr, ptr, *strides],
+    }
+    for kernel, types in signatures.items():
+        names = [name for name in kernel.arg_names if name != "BLOCK"]
+        for block, warps in ((16, 1), (1024, 32)):
+            signature = {**dict(zip(names, types)), "BLOCK": "constexpr"}
+            source = ASTSource(fn=kernel, signature=signature, constexprs={"BLOCK": block})
+            compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+            assert compiled.asm["cubin"]
