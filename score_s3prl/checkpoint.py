@@ -130,15 +130,7 @@ def tiny_hubert_state(
     The frame rate is HuBERT's (320 samples per frame at 16 kHz), so everything downstream
     (s3prl hooks, featurizer, downsample rates) behaves as with HuBERT Base.
     """
-    from s3prl.upstream.hubert.hubert_model import (
-        HubertConfig,
-        HubertModel,
-        HubertPretrainingConfig,
-    )
-
-    task_cfg = {"label_rate": 50.0, "sample_rate": 16000, "normalize": False}
     model_cfg = {
-        "label_rate": 50.0,
         "encoder_layers": layers,
         "encoder_embed_dim": dim,
         "encoder_ffn_embed_dim": ffn_dim,
@@ -148,6 +140,21 @@ def tiny_hubert_state(
         "conv_pos": 16,
         "conv_pos_groups": 4,
     }
+    return random_hubert_state(model_cfg, seed)
+
+
+def random_hubert_state(model_cfg: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
+    """A randomly initialised HuBERT as a converted dict; ``model_cfg`` entries override
+    HubertConfig's defaults, which are HuBERT Base's (12 x 768, 512-channel CNN): the default
+    is HuBERT Base with random weights, for speed benchmarks."""
+    from s3prl.upstream.hubert.hubert_model import (
+        HubertConfig,
+        HubertModel,
+        HubertPretrainingConfig,
+    )
+
+    task_cfg = {"label_rate": 50.0, "sample_rate": 16000, "normalize": False}
+    model_cfg = {"label_rate": 50.0, **(model_cfg or {})}
     dictionaries = [[f"c{i}" for i in range(8)]]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
