@@ -290,7 +290,8 @@ def train(cfg: TrainConfig) -> Path:
 
     utterances = load_utterances(cfg, out)
     crop, min_len = int(cfg.data.crop_seconds * SAMPLE_RATE), int(cfg.data.min_seconds * SAMPLE_RATE)
-    plan = BatchPlan(utterances, cfg.data.batch_seconds, cfg.data.batch_size, cfg.seed,
+    share = math.ceil(o.utterances_per_update / ranks.world)  # utterances per rank per update
+    plan = BatchPlan(utterances, cfg.data.batch_seconds, min(cfg.data.batch_size, share), cfg.seed,
                      crop_samples=crop, min_samples=min_len)  # too-short files are left out and counted
     position = Position()
     state_path, log_path = out / STATE_FILE, out / "train_log.csv"
@@ -304,7 +305,6 @@ def train(cfg: TrainConfig) -> Path:
 
     batches = batch_stream(plan, position, ranks)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
-    share = math.ceil(o.utterances_per_update / ranks.world)  # utterances per rank per update
     writer = SummaryWriter(str(out / "tensorboard")) if ranks.main else None
     bar = tqdm(total=o.total_updates, initial=position.update, disable=not ranks.main, unit="update")
     log_rows, started = [], time.time()
@@ -371,6 +371,9 @@ def train(cfg: TrainConfig) -> Path:
         plot_log(log_path, out / "loss.png")
         print(f"{position.update} updates, {position.audio_seconds / 3600:.2f} h of audio; skipped "
               f"{plan.num_skipped} too-short and {position.skipped_files} unreadable files", file=sys.stderr)
+    if ranks.world > 1:  # leave together: a rank exiting alone makes its peers' gloo/NCCL abort
+        dist.barrier()
+        dist.destroy_process_group()
     return export_path
 
 

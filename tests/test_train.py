@@ -205,3 +205,15 @@ def test_export_loads_through_both_hub_entries(tiny_ckpt, assets_dir, tmp_path, 
     assert all(torch.equal(a, b) for a, b in zip(mine, theirs))
     assert not torch.equal(mine[-1], before[-1])  # the export carries the tuned weights
     assert ours.score_metadata["updates"] == 2
+
+
+def test_two_process_ddp_run(tiny_ckpt, assets_dir, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "score_s3prl.cli", *finetune_cmd(
+        tiny_ckpt, assets_dir, tmp_path, "--steps", "3")[3:]]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tuned = read_converted(tmp_path / EXPORT_FILE)
+    assert tuned["score"]["updates"] == 3
+    base = read_converted(tiny_ckpt)["model_weight"]
+    assert not torch.equal(base["encoder.layers.3.fc1.weight"], tuned["model_weight"]["encoder.layers.3.fc1.weight"])
