@@ -58,13 +58,13 @@ def pairwise_cost(x: torch.Tensor, y: torch.Tensor, cost: Cost = "sqeuclidean") 
         centre = ((x.sum(1, keepdim=True) + y.sum(1, keepdim=True)) / (x.shape[1] + y.shape[1])).detach()
         x, y = x - centre, y - centre
         sq = (x * x).sum(-1).unsqueeze(2) + (y * y).sum(-1).unsqueeze(1)
-        costs = sq - 2 * torch.bmm(x, y.transpose(1, 2))
-        # Rounding can leave tiny negative costs: lift them to 0 with a detached shift, which
-        # keeps the expansion's exact gradient 2 (x - y) and saves no (B, N, M) tensor for
-        # the backward pass (clamp_min would save one and zero those gradients).
+        costs = torch.baddbmm(sq, x, y.transpose(1, 2), alpha=-2)
+        # Rounding can leave tiny negative costs: lift them to 0 in place, outside autograd.
+        # baddbmm's backward needs only x and y, so the gradient stays the expansion's exact
+        # 2 (x - y), and no (B, N, M) tensor is saved (clamp_min would save one).
         with torch.no_grad():
-            shortfall = costs.neg().clamp_min_(0)
-        return costs + shortfall
+            costs.clamp_min_(0)
+        return costs
     if cost == "cosine":
         return 1 - torch.bmm(F.normalize(x, dim=-1), F.normalize(y, dim=-1).transpose(1, 2))
     raise ScoreError(f"soft-DTW: unknown cost {cost!r}; use 'sqeuclidean', 'cosine' or a callable")
