@@ -209,7 +209,7 @@ def test_export_loads_through_both_hub_entries(tiny_ckpt, assets_dir, tmp_path, 
 
 def test_two_process_ddp_run(tiny_ckpt, assets_dir, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "score_s3prl.cli", *finetune_cmd(
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "score_s3prl.cli", *finetune_cmd(
         tiny_ckpt, assets_dir, tmp_path, "--steps", "3")[3:]]
     proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
