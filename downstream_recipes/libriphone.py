@@ -30,6 +30,8 @@ from score_s3prl.superb.prepare import audio_frames, split_files, transcripts
 def read_lexicon(paths: Sequence[str | os.PathLike], tokenizer: Any) -> dict[str, list[str]]:
     """word -> phones, first pronunciation of each word across ``paths`` in order.
 
+    Blank lines are skipped.
+
     Raises:
         ScoreError: a file is missing, a line has no phones, or a phone is not in the vocabulary.
     """
@@ -40,6 +42,8 @@ def read_lexicon(paths: Sequence[str | os.PathLike], tokenizer: Any) -> dict[str
             raise ScoreError(f"{path}: lexicon file not found")
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
                 word, *phones = line.split()
                 if not phones:
                     raise ScoreError(f"{path}:{number}: lexicon line has a word but no phones")

@@ -256,3 +256,11 @@ def test_libriphone_refuses_bad_input(data, tokenizer, tmp_path):
     with pytest.raises(AudioError, match="1272-128104-0001.flac: 8000 Hz"):
         LibriPhoneDataset(["dev-clean"], tokenizer, 1, path=str(corpus),
                           lexicon=[str(Path(data["root"]) / "pr" / "lexicon.txt")])
+
+
+def test_lexicon_skips_blank_lines(data, tokenizer, tmp_path):
+    from downstream_recipes.libriphone import read_lexicon
+
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_text("HELLO HH AH0 L OW1\n\n   \nWORLD\tW ER1 L D\n\n")
+    assert read_lexicon([lexicon], tokenizer) == {"HELLO": ["HH", "AH0", "L", "OW1"], "WORLD": ["W", "ER1", "L", "D"]}
