@@ -198,6 +198,21 @@ def test_changed_or_broken_stages_rerun_with_what_depends_on_them(env):
     assert [argv[argv.index("-m") + 1] for argv in launches(env)[7:]] == ["train", "evaluate"] * 2
 
 
+def test_new_weights_at_the_same_path_are_evaluated_again(env):
+    run(env, "all")
+    assert len(launches(env)) == 10  # per upstream: ASR and PR train + evaluate, QbE evaluate
+    # fine-tuning again overwrites the SCORE checkpoint in place: its runs redo, the baseline's do not
+    env["score"].write_text(json.dumps({"errors": 3, "hits": 2}))
+    run(env, "all")
+    again = launches(env)[10:]
+    assert [a[a.index("-m") + 1] for a in again] == ["train", "evaluate", "train", "evaluate", "evaluate"]
+    assert all(str(env["score"]) in " ".join(a) or "-e" in a for a in again)
+    rows = read_rows(env["csv"])[6:]
+    assert [(r["task"], r["upstream"], float(r["value"])) for r in rows] == [
+        ("asr", "score_hubert_local", 30.0), ("pr", "score_hubert_local", 30.0),
+        ("qbe", "score_hubert_local", pytest.approx(2 / 3))]
+
+
 def test_failed_stage_names_itself_and_its_log(env, monkeypatch):
     monkeypatch.setenv("FAKE_FAIL", "score_hubert_local -k")
     with pytest.raises(StageError) as error:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -275,6 +276,7 @@ class Planner:
         self.env = dict(settings.env)
         self.score_stages: list[Stage] = []  # every stage that yields result rows, in order
         self.appended = 0  # rows appended to the results CSV by this invocation
+        self.digests: dict[str | None, str | None] = {}  # upstream checkpoint -> checkpoint_digest
 
     @property
     def prepared(self) -> Path:
@@ -331,6 +333,13 @@ class Planner:
                 values[f"config.runner.{key}"] = min(runner[key], s.steps)
         return values
 
+    def weights(self, upstream: Upstream) -> dict[str, str | None]:
+        """Stage settings naming the upstream's weights by content, so that new weights saved at
+        the same path (a re-run fine-tuning) are trained on and evaluated again, not skipped."""
+        if upstream.ckpt not in self.digests:
+            self.digests[upstream.ckpt] = checkpoint_digest(upstream.ckpt)
+        return {"upstream_sha256": self.digests[upstream.ckpt]}
+
     def row_hash(self, task: str, upstream: Upstream, split: str, layer: int | None) -> str:
         """results.config_hash of what defines a measurement (data paths aside)."""
         return results.config_hash({"task": task, "upstream": dataclasses.asdict(upstream), "split": split,
@@ -363,7 +372,7 @@ class Planner:
 
         train = Stage(f"{task}/{upstream.label}/train", run, "train", command=train_command, deps=tuple(prep),
                       cwd=run, env=self.env, clean=train_dir, action=lambda: {"checkpoint": chosen_checkpoint(best)},
-                      describe="pick the checkpoint to evaluate")
+                      describe="pick the checkpoint to evaluate", settings=self.weights(upstream))
 
         def eval_command() -> list[str]:
             ckpt = train.output("checkpoint", str(best))  # before training: where the best one will be
@@ -403,7 +412,8 @@ class Planner:
                    "-l", str(layer), "-p", str(eval_dir), "--device", s.device,
                    *override({**self.data_overrides("qbe"), **self.setting_overrides("qbe")})]
         evaluate = Stage(f"qbe/{upstream.label}/evaluate-{label}", run, f"evaluate-{label}",
-                         command=lambda: command, cwd=run, env=self.env, clean=eval_dir)
+                         command=lambda: command, cwd=run, env=self.env, clean=eval_dir,
+                         settings=self.weights(upstream))
         stdlist = eval_dir / "benchmark.stdlist.xml"
         truth = QBE_GROUNDTRUTH[split]
 
@@ -450,6 +460,15 @@ class Planner:
         results.append_results(self.settings.results, rows)
         self.appended += len(rows)
         return {"rows": [dataclasses.asdict(r) for r in rows], "detail": detail}
+
+
+def checkpoint_digest(ckpt: str | None) -> str | None:
+    """SHA-256 of a local upstream checkpoint's bytes; None without one, for a URL, or for a file
+    not written yet (a demo dry run)."""
+    if not ckpt or "://" in ckpt or not os.path.isfile(ckpt):
+        return None
+    with open(ckpt, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def chosen_checkpoint(best: Path) -> str:
