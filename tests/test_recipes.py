@@ -264,3 +264,13 @@ def test_lexicon_skips_blank_lines(data, tokenizer, tmp_path):
     lexicon = tmp_path / "lexicon.txt"
     lexicon.write_text("HELLO HH AH0 L OW1\n\n   \nWORLD\tW ER1 L D\n\n")
     assert read_lexicon([lexicon], tokenizer) == {"HELLO": ["HH", "AH0", "L", "OW1"], "WORLD": ["W", "ER1", "L", "D"]}
+
+
+def test_char_dict_has_s3prl_symbol_order():
+    # Token ids follow the file order: s3prl's char.dict (LibriSpeech character frequency,
+    # most frequent first) keeps CTC outputs interchangeable with heads trained by stock s3prl.
+    compat.apply()
+    from s3prl.downstream.asr.dictionary import Dictionary
+
+    symbols = Dictionary.load(str(downstream_recipes.RECIPE_DIR / "char.dict")).symbols
+    assert symbols[4:] == list("|ETAONIHSRDLUMCWFGYPBVK'XJQZ")
