@@ -384,6 +384,17 @@ def test_quesst_root_without_its_scoring_lists(env, monkeypatch):
                        task="qbe")
 
 
+def test_foreign_results_file(env):
+    # an append would refuse it: that must not wait until the baseline's training is over
+    env["csv"].parent.mkdir()
+    env["csv"].write_text("name,score\nx,1\n")
+    fails_before_start(env, rf"^{env['csv']}: not a SUPERB results file", task="asr")
+    assert env["csv"].read_text() == "name,score\nx,1\n"
+    env["csv"].unlink()
+    env["csv"].mkdir()
+    fails_before_start(env, rf"^{env['csv']}: results path is a folder", task="qbe")
+
+
 def test_bad_upstreams(env, monkeypatch):
     fails_before_start(env, r"--upstream hubert_bsae: no such s3prl upstream \(close: hubert_base",
                        upstreams=("hubert_bsae",))

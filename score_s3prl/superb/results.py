@@ -123,6 +123,18 @@ def _checked_content(path: Path) -> bytes:
     return content if content.endswith(b"\n") else content + b"\n"
 
 
+def check_results_file(csv_path: str | os.PathLike) -> None:
+    """Refuse now, before a long run, a results path that :func:`append_results` would refuse.
+
+    Raises:
+        ScoreError: ``csv_path`` is a folder, or a file with another header.
+    """
+    path = Path(csv_path)
+    if path.is_dir():
+        raise ScoreError(f"{path}: results path is a folder; pass a CSV file path")
+    _checked_content(path)
+
+
 def append_results(csv_path: str | os.PathLike, rows: Sequence[ResultRow]) -> None:
     """Append ``rows`` to the results CSV, creating it with its header if needed.
 

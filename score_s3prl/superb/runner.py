@@ -242,11 +242,12 @@ def qbe_splits(settings: Settings) -> list[str]:
 
 
 def check_inputs(settings: Settings) -> None:
-    """Check data roots, the lexicon and the upstreams before anything starts.
+    """Check data roots, the lexicon, the upstreams and the results CSV before anything starts.
 
     Raises:
         ScoreError: naming the option or file at fault.
     """
+    results.check_results_file(settings.results)
     if {"asr", "pr"} & set(settings.tasks):
         libri = _root(settings.libri_root, "--libri-root", "libri_root", "LibriSpeech root")
         words = {split: prepare.transcripts(prepare.split_files(libri, split)) for split in SPLITS}
