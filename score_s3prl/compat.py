@@ -127,8 +127,19 @@ class UnsupportedEffectError(ScoreError):
     """A sox effect this stand-in does not implement."""
 
 
+def _number(name: str, args: Sequence[str], convert: Callable[[str], Any]) -> Any:
+    """The single numeric argument of sox effect ``name`` (sox's suffixes such as ``16k`` are not read)."""
+    try:
+        (text,) = args
+        return convert(text)
+    except ValueError:
+        raise UnsupportedEffectError(
+            f"sox effect '{' '.join([name, *args])}': only '{name} <number>' is supported"
+        ) from None
+
+
 def _channels(wav: torch.Tensor, sample_rate: int, args: Sequence[str]) -> tuple[torch.Tensor, int]:
-    target = int(args[0])
+    target = _number("channels", args, int)
     if target == wav.shape[0]:
         return wav, sample_rate
     if target == 1:  # sox mixes all channels with equal weight
@@ -141,18 +152,14 @@ def _channels(wav: torch.Tensor, sample_rate: int, args: Sequence[str]) -> tuple
 def _rate(wav: torch.Tensor, sample_rate: int, args: Sequence[str]) -> tuple[torch.Tensor, int]:
     import torchaudio.functional as AF
 
-    target = int(float(args[0]))
+    target = int(_number("rate", args, float))
     if target == sample_rate:
         return wav, sample_rate
     return AF.resample(wav, sample_rate, target), target
 
 
 def _gain(wav: torch.Tensor, sample_rate: int, args: Sequence[str]) -> tuple[torch.Tensor, int]:
-    try:
-        decibels = float(args[0])
-    except (IndexError, ValueError):
-        raise UnsupportedEffectError(f"sox effect 'gain {' '.join(args)}': only 'gain <dB>' is supported") from None
-    return wav * 10.0 ** (decibels / 20.0), sample_rate
+    return wav * 10.0 ** (_number("gain", args, float) / 20.0), sample_rate
 
 
 _EFFECTS: dict[str, Callable[[torch.Tensor, int, Sequence[str]], tuple[torch.Tensor, int]]] = {

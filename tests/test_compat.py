@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -158,6 +159,9 @@ def test_sox_effects_refuse_other_effects():
         apply_effects_tensor(torch.zeros(1, 100), 16000, [["norm"]])
     with pytest.raises(compat.UnsupportedEffectError, match="gain -n"):
         apply_effects_tensor(torch.zeros(1, 100), 16000, [["gain", "-n"]])
+    for effect in (["rate", "16k"], ["channels"], ["channels", "1", "2"], ["gain", "-3", "-3"]):
+        with pytest.raises(compat.UnsupportedEffectError, match=re.escape(f"sox effect '{' '.join(effect)}'")):
+            apply_effects_tensor(torch.zeros(1, 100), 8000, [effect])
 
 
 def test_huggingface_stand_ins_explain_themselves():
