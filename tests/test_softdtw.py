@@ -456,3 +456,28 @@ def test_triton_kernels_compile_for_hopper(dtype):
             source = ASTSource(fn=kernel, signature=signature, constexprs={"BLOCK": block})
             compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
             assert compiled.asm["cubin"]
+
+
+def test_sqeuclidean_centres_on_the_valid_frames_of_padded_pairs():
+    # Features with a large shared offset, in a batch padded to four times their length: the
+    # centring that keeps float32 costs exact must use the valid frames' mean, not the
+    # padding's zeros, or float32 gradients are wrong by ~20 %.
+    gen = torch.Generator().manual_seed(21)
+    batch, n, m, dim = 2, 40, 36, 256
+    x = 300 * torch.randn(1, 1, dim, generator=gen) + torch.randn(batch, n, dim, generator=gen).cumsum(1) / 4
+    warp = (torch.arange(m) * (n - 1) / (m - 1)).round().long()
+    y = x[:, warp] + 0.3 * torch.randn(batch, m, dim, generator=gen)
+    x, y = torch.cat([x, torch.zeros(batch, 3 * n, dim)], 1), torch.cat([y, torch.zeros(batch, 3 * m, dim)], 1)
+    xl, yl = torch.tensor([n, n]), torch.tensor([m, m])
+    grads = {}
+    for dtype in (torch.float64, torch.float32):
+        a = x.to(dtype).requires_grad_(True)
+        b = y.to(dtype).requires_grad_(True)
+        soft_dtw_divergence(a, b, xl, yl, gamma=0.1).sum().backward()
+        grads[dtype] = (a.grad.double(), b.grad.double())
+    for g32, g64 in zip(grads[torch.float32], grads[torch.float64]):
+        assert (g32 - g64).norm() / g64.norm() < 1e-5
+    # pairwise_cost alone: the valid cells do not depend on the padding's content.
+    clean = pairwise_cost(x[:, :n], y[:, :m])
+    padded = pairwise_cost(x, y, x_lengths=xl, y_lengths=yl)[:, :n, :m]
+    assert torch.allclose(padded, clean, rtol=1e-12, atol=1e-9)

@@ -38,11 +38,19 @@ BACKENDS = ("auto", "cpu", "triton", "reference")
 BACKEND_ENV = "SCORE_SOFTDTW_BACKEND"
 
 
-def pairwise_cost(x: torch.Tensor, y: torch.Tensor, cost: Cost = "sqeuclidean") -> torch.Tensor:
+def pairwise_cost(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cost: Cost = "sqeuclidean",
+    x_lengths: torch.Tensor | None = None,
+    y_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Frame cost matrices (B, N, M) of x (B, N, D) and y (B, M, D).
 
     ``"sqeuclidean"``: ||x_i - y_j||^2 (no 1/2 factor); ``"cosine"``: 1 - cos(x_i, y_j);
     a callable is called as ``cost(x, y)`` and must return (B, N, M).
+    x_lengths, y_lengths: optional (B,) valid frame counts. They change no valid cost, only
+    the float32 rounding of ``"sqeuclidean"``, which is centred on the valid frames' mean.
     """
     if callable(cost):
         out = cost(x, y)
@@ -54,8 +62,9 @@ def pairwise_cost(x: torch.Tensor, y: torch.Tensor, cost: Cost = "sqeuclidean") 
     if cost == "sqeuclidean":
         # ||x - y||^2 is translation invariant: centring both on a common point first keeps the
         # expansion |x|^2 + |y|^2 - 2 x.y from cancelling catastrophically for features with a
-        # large shared offset (raw SSL features). The centre carries no gradient.
-        centre = ((x.sum(1, keepdim=True) + y.sum(1, keepdim=True)) / (x.shape[1] + y.shape[1])).detach()
+        # large shared offset (raw SSL features). The centre carries no gradient, and it is the
+        # mean of the valid frames only: padding zeros would pull it towards the origin.
+        centre = _valid_mean(x, y, x_lengths, y_lengths).detach()
         x, y = x - centre, y - centre
         sq = (x * x).sum(-1).unsqueeze(2) + (y * y).sum(-1).unsqueeze(1)
         costs = torch.baddbmm(sq, x, y.transpose(1, 2), alpha=-2)
@@ -226,8 +235,19 @@ def _prepare(
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = _zero_padding(x.to(dtype), x_lengths)
         y = _zero_padding(y.to(dtype), y_lengths)
-        costs = pairwise_cost(x, y, cost).to(dtype)
+        costs = pairwise_cost(x, y, cost, x_lengths, y_lengths).to(dtype)
     return _band(costs, x_lengths, y_lengths, bandwidth), x_lengths, y_lengths
+
+
+def _valid_mean(
+    x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tensor | None, y_lengths: torch.Tensor | None
+) -> torch.Tensor:
+    """Mean (B, 1, D) of the frames of x (B, N, D) and y (B, M, D) within their lengths."""
+    batch = x.shape[0]
+    x_lengths = _lengths(x_lengths, batch, x.shape[1], x.device, "x_lengths")
+    y_lengths = _lengths(y_lengths, batch, y.shape[1], y.device, "y_lengths")
+    total = _zero_padding(x, x_lengths).sum(1) + _zero_padding(y, y_lengths).sum(1)
+    return (total / (x_lengths + y_lengths).unsqueeze(1).to(total.dtype)).unsqueeze(1)
 
 
 def _zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
