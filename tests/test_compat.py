@@ -139,6 +139,8 @@ def test_sox_effects_channels_rate_gain(tmp_path):
     assert rate == 16000 and torch.allclose(mono[0], stereo.mean(0))
     down, rate = apply_effects_tensor(mono, 16000, [["rate", "8000"]])
     assert rate == 8000 and down.shape == (1, 8000)
+    sine_8k = 0.75 * torch.sin(2 * torch.pi * 440 * torch.arange(8000) / 8000) * 0.5
+    assert torch.allclose(down[0, 200:-200], sine_8k[200:-200], atol=1e-3)  # same tone, away from the edges
     quieter, _ = apply_effects_tensor(mono, 16000, [["gain", "-3.0"]])
     assert torch.allclose(quieter, mono * 10 ** (-3 / 20))
     up, _ = apply_effects_tensor(mono, 16000, [["channels", "2"]])
