@@ -382,6 +382,13 @@ def test_quesst_root_without_its_scoring_lists(env, monkeypatch):
     run(env, "qbe", "--dry-run")  # the test split needs only the eval ground truth
     fails_before_start(env, r"groundtruth_quesst14_dev: ground truth directory not found", "--qbe-dev-layers", "3",
                        task="qbe")
+    # the ground truth is read before the evaluation, not after it
+    truth = broken / "scoring" / "groundtruth_quesst14_eval"
+    rttm = next(truth.glob("*.rttm"))
+    rttm.write_text("LEXEME f1 1 0.5\n")
+    fails_before_start(env, rf"{rttm}:1: LEXEME line has 4 fields", task="qbe")
+    rttm.write_text(";; no occurrences\n")
+    fails_before_start(env, r"none of the \d+ tlist queries occurs in an ecf file", task="qbe")
 
 
 def test_foreign_results_file(env):

@@ -189,6 +189,21 @@ def load_groundtruth(directory: str | os.PathLike) -> GroundTruth:
     return GroundTruth(files=read_ecf(ecf), queries=read_tlist(tlist), occurrences=read_rttm(rttm))
 
 
+def scored_queries(truth: GroundTruth) -> tuple[str, ...]:
+    """The tlist queries occurring in at least one ecf file, tlist order (the others are dropped).
+
+    Raises:
+        ScoreError: no query occurs in an ecf file (nothing can be scored).
+    """
+    files = set(truth.files)
+    kept = tuple(q for q in truth.queries if not files.isdisjoint(truth.occurrences.get(q, ())))
+    if not kept:
+        raise ScoreError(
+            f"ground truth: none of the {len(truth.queries)} tlist queries occurs in an ecf file"
+        )
+    return kept
+
+
 def read_stdlist(path: str | os.PathLike) -> Iterator[tuple[str, str, float, bool]]:
     """Stream the trials of an ``*.stdlist.xml`` file as (query, utterance, score, decision YES).
 
@@ -247,13 +262,9 @@ def build_trials(
         ScoreError: no query has a target, or the stdlist gives one trial twice.
     """
     col = {f: j for j, f in enumerate(truth.files)}
-    kept = tuple(q for q in truth.queries if any(f in col for f in truth.occurrences.get(q, ())))
+    kept = scored_queries(truth)
     row = {q: i for i, q in enumerate(kept)}
     dropped = tuple(q for q in truth.queries if q not in row)
-    if not kept:
-        raise ScoreError(
-            f"ground truth: none of the {len(truth.queries)} tlist queries occurs in an ecf file"
-        )
     shape = (len(kept), len(truth.files))
     scores = np.full(shape, float(default_score))
     decisions = np.zeros(shape, dtype=bool)

@@ -257,7 +257,8 @@ def check_inputs(settings: Settings) -> None:
         quesst = _root(settings.quesst_root, "--quesst-root", "quesst_root", "QUESST 2014 root")
         for split in qbe_splits(settings):
             prepare.check_quesst(quesst, QBE_LANGUAGE_KEY[split])
-            mtwv.find_groundtruth(quesst / "scoring" / QBE_GROUNDTRUTH[split])
+            # parsed now: a bad ground truth must not wait until the (long) evaluation is over
+            mtwv.scored_queries(mtwv.load_groundtruth(quesst / "scoring" / QBE_GROUNDTRUTH[split]))
     check_upstreams(settings.upstreams)
 
 
