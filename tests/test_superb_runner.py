@@ -421,3 +421,5 @@ def test_layer_lists():
     assert runner.parse_layers("") == ()
     with pytest.raises(ScoreError, match="expected layers like 0-12"):
         runner.parse_layers("a-b")
+    with pytest.raises(ScoreError, match="12-0 is an empty range"):  # not a silently skipped sweep
+        runner.parse_layers("12-0")

@@ -580,6 +580,8 @@ def parse_layers(text: str) -> tuple[int, ...]:
         if not match:
             raise ScoreError(f"--qbe-dev-layers {text!r}: expected layers like 0-12 or 3,6,9")
         first, last = int(match[1]), int(match[2] if match[2] is not None else match[1])
+        if last < first:
+            raise ScoreError(f"--qbe-dev-layers {text!r}: {part} is an empty range (write {last}-{first})")
         layers += range(first, last + 1)
     return tuple(dict.fromkeys(layers))
 
