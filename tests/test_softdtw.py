@@ -246,10 +246,14 @@ def test_half_inputs_accumulate_in_float32(dtype):
     values = soft_dtw(x, y, xl, yl)
     assert values.dtype == torch.float32
     assert bool(torch.isfinite(values).all()) and values.max() > 1e5
-    want = soft_dtw(x.detach().float(), y.detach().float(), xl, yl)
+    x32 = x.detach().float().requires_grad_(True)
+    want = soft_dtw(x32, y.detach().float(), xl, yl)
     assert torch.allclose(values, want, rtol=1e-6)
     values.sum().backward()
     assert x.grad.dtype == dtype and bool(torch.isfinite(x.grad).all())
+    # The same float32 computation underneath: its gradient, rounded once to the input type.
+    want.sum().backward()
+    assert torch.equal(x.grad, x32.grad.to(dtype))
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -420,6 +424,27 @@ def test_backward_keeps_only_the_weights_per_cell():
         per_cell = [k for k in saved if k > batch * (n + m) * dim]
         # One tensor of three float32 weights per cell (plus one spare cell per pair).
         assert per_cell == [batch * 3 * (n * m + 1)]
+
+
+def test_cpu_kernel_is_safe_to_call_from_several_threads():
+    # The thread pool and the weight buffers are shared by every caller in the process: calls
+    # from concurrent Python threads (each holding buffers until its backward) must not mix.
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, y, xl, yl = _pairs(4, 24, 20, 3, [24, 9, 17, 3], [20, 20, 8, 2], seed=22, dtype=torch.float32, pad_value=0.0)
+    costs = [pairwise_cost(x * s, y) for s in (1.0, 2.0, 3.0, 4.0)]
+
+    def run(c):
+        leaf = c.clone().requires_grad_(True)
+        values = soft_dtw_from_cost(leaf, xl, yl, gamma=0.5, backend="cpu")
+        values.sum().backward()
+        return values.detach(), leaf.grad
+
+    want = [run(c) for c in costs]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(10):
+            for got, w in zip(pool.map(run, costs), want):
+                assert torch.equal(got[0], w[0]) and torch.equal(got[1], w[1])
 
 
 def test_cpu_kernel_works_in_a_forked_child():
