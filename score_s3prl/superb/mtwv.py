@@ -423,7 +423,7 @@ def official_mtwv(
 # -- CLI -----------------------------------------------------------------------------------
 
 
-def _json_ready(score: QbeScore) -> dict:
+def as_json(score: QbeScore) -> dict:
     """JSON has no infinities: a threshold of -inf becomes null."""
     return {
         key: None if isinstance(value, float) and not math.isfinite(value) else value
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     score = qbe_score(args.stdlist, args.groundtruth, args.default_score)
     if args.json:
-        print(json.dumps(_json_ready(score), indent=2))
+        print(json.dumps(as_json(score), indent=2))
         return 0
     print(
         f"Scores: {score.queries * score.files} ({score.queries} model x {score.files} test)  "

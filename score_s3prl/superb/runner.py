@@ -41,7 +41,6 @@ import argparse
 import dataclasses
 import hashlib
 import logging
-import math
 import os
 import re
 import sys
@@ -426,10 +425,7 @@ class Planner:
             rows = [self.row("qbe", "mtwv", upstream, label, native.max_twv, eval_dir, config, baseline)]
             if official is not None:
                 rows.append(self.row("qbe", "mtwv_official", upstream, label, official, eval_dir, config, baseline))
-            # JSON has no infinities: a threshold of -inf (everything detected) is recorded as null
-            threshold = native.threshold if math.isfinite(native.threshold) else None
-            return self.record(rows, {**dataclasses.asdict(native), "threshold": threshold,
-                                      "official_mtwv": official})
+            return self.record(rows, {**mtwv.as_json(native), "official_mtwv": official})
 
         scored = self.score_stage(f"qbe/{upstream.label}/score-{label}", run, f"score-{label}", score,
                                   (evaluate, *(baseline or ())),
