@@ -412,6 +412,11 @@ def test_bad_upstreams(env, monkeypatch):
     fails_before_start(env, r"/missing/score.pt: checkpoint of --upstream score_hubert not found "
                             r"\(\$SCORE_HUBERT_CKPT or the default path\); make one with", upstreams=("score_hubert",))
     fails_before_start(env, r"given twice", upstreams=("hubert_local={base}", "hubert_local={base}"))
+    other = env["root"] / "other" / "base.pt"  # another file of the same name: same run folder
+    other.parent.mkdir()
+    other.write_text(env["base"].read_text())
+    fails_before_start(env, r"given twice with the same checkpoint file name; both would run in .*hubert_local--base",
+                       upstreams=("hubert_local={base}", f"hubert_local={other}"))
     with pytest.raises(ScoreError, match="expected NAME or NAME=CKPT"):
         runner.parse_upstream("not a name")
 

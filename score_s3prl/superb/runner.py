@@ -161,7 +161,8 @@ def check_upstreams(upstreams: Sequence[Upstream]) -> None:
     labels = [u.label for u in upstreams]
     for upstream in upstreams:
         if labels.count(upstream.label) > 1:
-            raise ScoreError(f"--upstream {upstream.name}: given twice with the same checkpoint")
+            raise ScoreError(f"--upstream {upstream.name}: given twice with the same checkpoint file name; "
+                             f"both would run in <out>/<task>/{upstream.label}: rename one checkpoint")
         if not callable(getattr(s3prl.hub, upstream.name, None)):
             close = difflib.get_close_matches(upstream.name, dir(s3prl.hub), n=3)
             hint = f" (close: {', '.join(close)})" if close else ""
