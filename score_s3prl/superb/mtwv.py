@@ -322,6 +322,7 @@ def twv(detected: np.ndarray, targets: np.ndarray, beta: float = BETA) -> float:
 def max_twv(scores: np.ndarray, targets: np.ndarray, beta: float = BETA) -> tuple[float, float]:
     """(MTWV, threshold): TWV maximised over t in {-inf} and every distinct score.
 
+    ``scores`` (float) and ``targets`` (bool) are (queries, files); every query needs a target.
     A trial is detected iff score > t. One sort and two cumulative sums: at the threshold equal
     to a distinct score, the trials up to the last one holding that score are undetected.
     """
