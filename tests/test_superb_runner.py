@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import shlex
 import shutil
@@ -428,3 +429,23 @@ def test_layer_lists():
         runner.parse_layers("a-b")
     with pytest.raises(ScoreError, match="12-0 is an empty range"):  # not a silently skipped sweep
         runner.parse_layers("12-0")
+
+
+def test_command_pipe_is_closed(tmp_path, monkeypatch):
+    from score_s3prl.superb import stages
+
+    started = []
+
+    class Recorded(stages.subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(stages.subprocess, "Popen", Recorded)
+    for code in (0, 3):  # success and failure alike: no file descriptor left open
+        stage = stages.Stage(f"s{code}", tmp_path, f"s{code}", command=lambda: [sys.executable, "-c", f"exit({code})"])
+        try:
+            stages.run_command(stage, io.StringIO())
+        except StageError:
+            assert code
+    assert len(started) == 2 and all(p.stdout.closed and p.returncode is not None for p in started)

@@ -159,6 +159,7 @@ def run_command(stage: Stage, terminal: TextIO) -> None:
             process.wait()
             raise
         finally:
+            process.stdout.close()
             if live:
                 terminal.write("\r\x1b[K")
     if code != 0:
