@@ -21,7 +21,8 @@ another.
 Data roots come from ``--libri-root`` / ``$LIBRISPEECH_ROOT``, ``--quesst-root`` /
 ``$QUESST14_ROOT`` and, optionally, ``--lexicon`` / ``$LIBRISPEECH_LEXICON`` (without it a lexicon
 is written from CMUdict); all of them, and the upstream checkpoints, are checked before any
-stage starts. Finished stages are skipped on a re-run (``--force`` redoes them); ``--dry-run``
+stage starts. Finished stages are skipped on a re-run unless their settings or the content of their
+upstream checkpoint changed (``--force`` redoes them all); ``--dry-run``
 prints the commands. Each measurement is appended to the results CSV (``--results``), and a
 summary table (our relative gains beside the paper's) and a bar chart (``--plot``) end the run.
 
