@@ -47,11 +47,18 @@ FAKE_LAUNCHER = textwrap.dedent('''
         sys.exit(1)
     overrides = dict(o.split("=", 1) for o in (flag("-o") or "").split(",,") if o)
     if flag("-m") == "train":
-        expdir = Path(flag("-p"))
-        expdir.mkdir(parents=True)
-        best = {"asr": "dev-clean-best.ckpt", "ctc": "dev-best.ckpt"}[flag("-d")]
-        quality = json.loads(Path(flag("-k")).read_text())
-        (expdir / best).write_text(json.dumps({**quality, "downstream": flag("-d")}))
+        if flag("-e"):  # resuming: s3prl reads everything from the newest states-*.ckpt
+            expdir = Path(flag("-e"))
+            state = json.loads(max(expdir.glob("states-*.ckpt")).read_text())
+        else:
+            expdir = Path(flag("-p"))
+            expdir.mkdir(parents=True)
+            state = {**json.loads(Path(flag("-k")).read_text()), "downstream": flag("-d")}
+            (expdir / "states-5.ckpt").write_text(json.dumps(state))
+            if os.environ.get("FAKE_DIE") and os.environ["FAKE_DIE"] in " ".join(argv):
+                sys.exit("error: killed after saving states-5.ckpt")
+        best = {"asr": "dev-clean-best.ckpt", "ctc": "dev-best.ckpt"}[state["downstream"]]
+        (expdir / best).write_text(json.dumps(state))
     elif flag("-e"):
         expdir = Path(ast.literal_eval(overrides["args.expdir"]))
         expdir.mkdir(parents=True)
@@ -227,6 +234,32 @@ def test_failed_stage_names_itself_and_its_log(env, monkeypatch):
     monkeypatch.delenv("FAKE_FAIL")
     run(env, "asr")
     assert [argv[argv.index("-m") + 1] for argv in launches(env)[3:]] == ["train", "evaluate"]
+
+
+def test_died_training_resumes_from_its_states_checkpoint(env, monkeypatch):
+    monkeypatch.setenv("FAKE_DIE", "score_hubert_local -k")
+    with pytest.raises(StageError, match="killed after saving states-5.ckpt"):
+        run(env, "pr")
+    train_dir = env["out"] / "pr" / "score_hubert_local--score" / "train"
+    monkeypatch.delenv("FAKE_DIE")
+    run(env, "pr")  # same settings: continue from states-5.ckpt, not from scratch
+    resumed, evaluate = launches(env)[3:]
+    assert resumed == ["-m", "train", "-e", str(train_dir), "--device", "cpu"]
+    assert evaluate[evaluate.index("-e") + 1] == str(train_dir / "dev-best.ckpt")
+    assert float(read_rows(env["csv"])[-1]["value"]) == pytest.approx(10.0)
+    assert not (train_dir.parent / "train.attempt.json").exists()
+    # a died attempt with other settings, or --force, starts afresh in an emptied folder
+    for extra in (("--steps", "7"), ("--force",)):
+        monkeypatch.setenv("FAKE_DIE", "score_hubert_local -k")
+        with pytest.raises(StageError):
+            run(env, "pr", "--force")  # the default settings' training dies after saving states
+        monkeypatch.delenv("FAKE_DIE")
+        (train_dir / "stale.txt").touch()
+        count = len(launches(env))
+        run(env, "pr", *extra)
+        trains = [a for a in launches(env)[count:] if "train" in a and str(train_dir) in " ".join(a)]
+        assert trains and all("-p" in a and "-e" not in a for a in trains)
+        assert not (train_dir / "stale.txt").exists()
 
 
 def test_missing_best_checkpoint_falls_back_to_the_last_states(tmp_path, capsys):

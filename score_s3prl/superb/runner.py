@@ -373,9 +373,16 @@ class Planner:
                     "--device", s.device,
                     *override({**self.data_overrides(task), **self.setting_overrides(task)})]
 
+        def resume_command() -> list[str] | None:
+            # s3prl continues from the folder's newest states-*.ckpt, with the args and config saved in it
+            if not any(train_dir.glob("states-*.ckpt")):
+                return None
+            return [*LAUNCHER, "-m", "train", "-e", str(train_dir), "--device", s.device]
+
         train = Stage(f"{task}/{upstream.label}/train", run, "train", command=train_command, deps=tuple(prep),
                       cwd=run, env=self.env, clean=train_dir, action=lambda: {"checkpoint": chosen_checkpoint(best)},
-                      describe="pick the checkpoint to evaluate", settings=self.weights(upstream))
+                      describe="pick the checkpoint to evaluate", settings=self.weights(upstream),
+                      resume=resume_command)
 
         def eval_command() -> list[str]:
             ckpt = train.output("checkpoint", str(best))  # before training: where the best one will be

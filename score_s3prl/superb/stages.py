@@ -9,7 +9,10 @@ random stamp, so
 - a stage whose settings changed, or one of whose dependencies ran again (new stamp), runs
   again, even across invocations (a run that died between two stages resumes correctly);
 - a stage that died midway has no marker and runs again from scratch (its ``clean`` folder
-  is emptied first, so stale files of the failed attempt cannot be mistaken for results).
+  is emptied first, so stale files of the failed attempt cannot be mistaken for results),
+  unless it can ``resume``: then an attempt marker ``<name>.attempt.json`` holding the key of
+  the died attempt lets a re-run with the same key continue where it stopped (``--force`` and
+  changed settings still start afresh).
 
 Commands run as subprocesses with their output streamed to ``<folder>/<name>.log``; the
 terminal gets the shell-quoted command before it runs and, on a terminal, one progress line.
@@ -53,7 +56,9 @@ class Stage:
         deps: stages whose results this one reads.
         cwd: working directory of the command.
         env: extra environment variables of the command.
-        clean: a folder the stage owns; emptied before the stage runs.
+        clean: a folder the stage owns; emptied before the stage runs (unless it resumes).
+        resume: builds the argv that continues a died attempt of the same key, or returns None
+            when that attempt left nothing to continue from (a long training's checkpoints).
     """
 
     name: str
@@ -67,6 +72,7 @@ class Stage:
     cwd: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     clean: Path | None = None
+    resume: Callable[[], list[str] | None] | None = None
 
     @property
     def marker(self) -> Path:
@@ -75,6 +81,10 @@ class Stage:
     @property
     def log(self) -> Path:
         return self.folder / f"{self.stem}.log"
+
+    @property
+    def attempt(self) -> Path:
+        return self.folder / f"{self.stem}.attempt.json"
 
     def record(self) -> dict[str, Any] | None:
         """The done-marker's content, or None when there is none (or it is unreadable)."""
@@ -96,9 +106,10 @@ class Stage:
         """One recorded output of a finished stage, else ``default``."""
         return ((self.record() or {}).get("outputs") or {}).get(name, default)
 
-    def shell_line(self) -> str:
-        """The command as one line a shell would run the same way (cwd and env included)."""
-        argv = self.command() if self.command else []
+    def shell_line(self, argv: list[str] | None = None) -> str:
+        """``argv`` (default: the command) as one line a shell would run the same way (cwd and
+        env included)."""
+        argv = argv if argv is not None else self.command() if self.command else []
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
         line = " ".join(part for part in (env, shlex.join(argv)) if part)
         return f"cd {shlex.quote(str(self.cwd))} && {line}" if self.cwd else line
@@ -121,13 +132,13 @@ def _last_error(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def run_command(stage: Stage, terminal: TextIO) -> None:
-    """Run ``stage``'s command, streaming its output into ``stage.log``.
+def run_command(stage: Stage, terminal: TextIO, argv: list[str] | None = None) -> None:
+    """Run ``argv`` (default: ``stage``'s command), streaming its output into ``stage.log``.
 
     Raises:
         StageError: the command exited with a non-zero status.
     """
-    argv = stage.command() if stage.command else []
+    argv = argv if argv is not None else stage.command() if stage.command else []
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **stage.env}
     live = terminal.isatty()
     started = time.monotonic()
@@ -135,7 +146,7 @@ def run_command(stage: Stage, terminal: TextIO) -> None:
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
     with open(stage.log, "wb") as log:
-        log.write(f"$ {stage.shell_line()}\n".encode())
+        log.write(f"$ {stage.shell_line(argv)}\n".encode())
         log.flush()
         process = subprocess.Popen(argv, cwd=stage.cwd, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT)
@@ -211,13 +222,18 @@ class Pipeline:
             self.say(f"$ {stage.shell_line()}" if stage.command else f"# [{stage.name}] {stage.describe}")
             return
         started = time.monotonic()
-        if stage.clean is not None and stage.clean.exists():
+        key = stage.key()
+        argv = self._resumption(stage, key)
+        if argv is None and stage.clean is not None and stage.clean.exists():
             shutil.rmtree(stage.clean)
         stage.marker.unlink(missing_ok=True)
         if stage.command:
-            self.say(f"$ {stage.shell_line()}")
+            if stage.resume:
+                atomic_write_text(stage.attempt, json.dumps({"key": key}) + "\n")
+            argv = argv if argv is not None else stage.command()
+            self.say(f"$ {stage.shell_line(argv)}")
             self.say(f"[{stage.name}] running; output in {stage.log}")
-            run_command(stage, self.terminal)
+            run_command(stage, self.terminal, argv)
         if stage.action:
             self.say(f"[{stage.name}] {stage.describe}")
             outputs = stage.action()
@@ -226,4 +242,18 @@ class Pipeline:
         record = {"key": stage.key(), "stamp": uuid.uuid4().hex, "finished": utc_now(),
                   "seconds": round(time.monotonic() - started, 1), "outputs": outputs}
         atomic_write_text(stage.marker, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        stage.attempt.unlink(missing_ok=True)
         self.say(f"[{stage.name}] done in {record['seconds']:.1f} s")
+
+    def _resumption(self, stage: Stage, key: str) -> list[str] | None:
+        """The argv continuing a died attempt of ``stage`` that had this same ``key``, if any."""
+        if self.force or stage.resume is None:
+            return None
+        try:
+            attempt = json.loads(stage.attempt.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        argv = stage.resume() if attempt.get("key") == key else None
+        if argv is not None:
+            self.say(f"[{stage.name}] resuming the attempt that stopped (--force starts afresh)")
+        return argv
