@@ -22,7 +22,8 @@ Data roots come from ``--libri-root`` / ``$LIBRISPEECH_ROOT``, ``--quesst-root``
 ``$QUESST14_ROOT`` and, optionally, ``--lexicon`` / ``$LIBRISPEECH_LEXICON`` (without it a lexicon
 is written from CMUdict); all of them, and the upstream checkpoints, are checked before any
 stage starts. Finished stages are skipped on a re-run unless their settings or the content of their
-upstream checkpoint changed (``--force`` redoes them all); ``--dry-run``
+upstream checkpoint changed (``--force`` redoes them all), and a training that died resumes from its
+last ``states-*.ckpt``; ``--dry-run``
 prints the commands. Each measurement is appended to the results CSV (``--results``), and a
 summary table (our relative gains beside the paper's) and a bar chart (``--plot``) end the run.
 
