@@ -20,7 +20,7 @@ import types
 from pathlib import Path
 from typing import Any, Sequence
 
-from downstream_recipes import RECIPES, config_path
+from downstream_recipes import config_path
 
 from .errors import ScoreError
 
@@ -181,7 +181,7 @@ _CHECKS = {"asr": _check_asr, "ctc": _check_ctc, "quesst14_dtw": _check_quesst}
 def prepare_config(args: argparse.Namespace, config: dict[str, Any]) -> None:
     """Resolve asset paths and check data paths of a parsed s3prl run (``args``, ``config``).
 
-    Only the recipes in :data:`RECIPES` are checked; other downstreams pass through unchanged.
+    Only the recipes in :data:`downstream_recipes.RECIPES` are checked; other downstreams pass through unchanged.
 
     Raises:
         ScoreError: naming the config key and the path at fault, and how to set it.
