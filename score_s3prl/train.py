@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -267,12 +268,12 @@ def train(cfg: TrainConfig) -> Path:
     from tensorboardX import SummaryWriter
 
     from .augment import CorrespondenceViews
-    from .data import BatchPlan, load_batch
     from .base_models import load_base_state
+    from .data import BatchPlan, load_batch
     from .model import ScoreModel, trainable_summary
 
     if not cfg.init:
-        raise ScoreError("no base model: set `init` (or --init) to hubert_base, a checkpoint or an HF directory")
+        raise ScoreError("no base model: set `init` (or --init) to hubert_base, a checkpoint or an HF dir")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ranks = init_distributed(cfg.device)
@@ -280,12 +281,14 @@ def train(cfg: TrainConfig) -> Path:
     seed_everything(cfg.seed)  # the same head init on every rank
 
     base_state, base_identity = load_base_state(cfg.init)
-    model = ScoreModel(base_state, **vars(cfg.model), gamma=cfg.loss.gamma, bandwidth=cfg.loss.bandwidth).to(device)
+    model = ScoreModel(base_state, **vars(cfg.model), gamma=cfg.loss.gamma, bandwidth=cfg.loss.bandwidth)
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     o = cfg.optim
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_factor(u, o.warmup_updates, o.total_updates))
-    views = CorrespondenceViews(cfg.views.speed_factors, cfg.views.semitones, cfg.views.swap_prob, SAMPLE_RATE)
+    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    schedule = partial(lr_factor, warmup=o.warmup_updates, total=o.total_updates)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    views = CorrespondenceViews(**vars(cfg.views), sample_rate=SAMPLE_RATE)
     generator = torch.Generator()  # crops and views; reseeded every update
 
     utterances = load_utterances(cfg, out)
@@ -332,8 +335,8 @@ def train(cfg: TrainConfig) -> Path:
             loss_value = loss_sum / count
             if not (math.isfinite(loss_value) and torch.isfinite(grad_norm)):
                 position.bad_in_a_row += 1
-                tqdm.write(f"update {position.update + 1}: non-finite loss or gradient ({loss_value}), skipped",
-                           file=sys.stderr)
+                tqdm.write(f"update {position.update + 1}: non-finite loss or gradient ({loss_value}), "
+                           "skipped", file=sys.stderr)
                 if position.bad_in_a_row >= cfg.max_bad_losses:
                     raise ScoreError(f"{cfg.max_bad_losses} non-finite losses in a row: stopping "
                                      f"(the last good state is in {state_path})")
