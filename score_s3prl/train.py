@@ -78,7 +78,9 @@ def init_distributed(device: str) -> Ranks:
     """Join the torchrun process group when launched by torchrun, else a single process."""
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         return Ranks()
-    backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+    # The loop all-reduces small CPU tensors (flags, counts) besides the CUDA gradients, and
+    # NCCL takes CUDA tensors only: CPU tensors go through gloo.
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
     dist.init_process_group(backend)
     return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 

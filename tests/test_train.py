@@ -217,3 +217,17 @@ def test_two_process_ddp_run(tiny_ckpt, assets_dir, tmp_path):
     assert tuned["score"]["updates"] == 3
     base = read_converted(tiny_ckpt)["model_weight"]
     assert not torch.equal(base["encoder.layers.3.fc1.weight"], tuned["model_weight"]["encoder.layers.3.fc1.weight"])
+
+
+def test_cuda_process_group_also_reduces_cpu_tensors(monkeypatch):
+    # The loop all-reduces CPU flags and counts; an NCCL-only group refuses CPU tensors.
+    from score_s3prl import train as train_module
+
+    backends = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train_module.dist, "init_process_group", backends.append)
+    monkeypatch.setattr(train_module.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(train_module.dist, "get_world_size", lambda: 2)
+    assert train_module.init_distributed("cuda").world == 2
+    assert "cpu:gloo" in backends[0] and "cuda:nccl" in backends[0]
