@@ -314,8 +314,12 @@ def train(cfg: TrainConfig) -> Path:
     bar = tqdm(total=o.total_updates, initial=position.update, disable=not ranks.main, unit="update")
     log_rows, started = [], time.time()
 
+    stopped = 0  # the signal that stopped the run, agreed by all ranks (0: none)
     with StopRequest() as stop:
-        while position.update < o.total_updates and stop.signal is None:
+        while position.update < o.total_updates:
+            stopped = signal_on_any_rank(stop.signal, ranks)  # every rank stops at the same update
+            if stopped:
+                break
             optimizer.zero_grad(set_to_none=True)
             torch.manual_seed(update_seed(cfg.seed, position.update, ranks.rank))  # dropout
             generator.manual_seed(update_seed(cfg.seed, position.update, ranks.rank))
@@ -368,27 +372,38 @@ def train(cfg: TrainConfig) -> Path:
         save_state(state_path, model, optimizer, scheduler, position, cfg)
         append_log(log_path, log_rows)
         writer.close()
-        if stop.signal is not None:
-            print(f"stopped by signal {stop.signal} at update {position.update}; re-run to resume",
+        if stopped:
+            print(f"stopped by signal {stopped} at update {position.update}; re-run to resume",
                   file=sys.stderr)
-            raise SystemExit(128 + stop.signal)
-        export(export_path, base_state, base_identity, model, cfg, position)
-        plot_log(log_path, out / "loss.png")
-        print(f"{position.update} updates, {position.audio_seconds / 3600:.2f} h of audio; skipped "
-              f"{plan.num_skipped} too-short and {position.skipped_files} unreadable files", file=sys.stderr)
+        else:
+            export(export_path, base_state, base_identity, model, cfg, position)
+            plot_log(log_path, out / "loss.png")
+            print(f"{position.update} updates, {position.audio_seconds / 3600:.2f} h of audio; skipped "
+                  f"{plan.num_skipped} too-short and {position.skipped_files} unreadable files", file=sys.stderr)
     if ranks.world > 1:  # leave together: a rank exiting alone makes its peers' gloo/NCCL abort
         dist.barrier()
         dist.destroy_process_group()
+    if stopped:
+        raise SystemExit(128 + stopped)
     return export_path
 
 
 def all_ranks_done(done: bool, ranks: Ranks) -> bool:
     """True once every rank has its share; keeps ranks in lockstep (no DDP deadlock)."""
+    return bool(_reduce_scalar(float(done), dist.ReduceOp.MIN, ranks))
+
+
+def signal_on_any_rank(signum: int | None, ranks: Ranks) -> int:
+    """The signal any rank has received (the highest number if several), 0 if none."""
+    return int(_reduce_scalar(float(signum or 0), dist.ReduceOp.MAX, ranks))
+
+
+def _reduce_scalar(value: float, op, ranks: Ranks) -> float:
     if ranks.world == 1:
-        return done
-    flag = torch.tensor([float(done)])
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+        return value
+    tensor = torch.tensor([value])
+    dist.all_reduce(tensor, op=op)
+    return tensor.item()
 
 
 def reduce_update(params, count: float, loss_sum: float, seconds: float, ranks: Ranks):

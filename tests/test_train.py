@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -231,3 +232,59 @@ def test_cuda_process_group_also_reduces_cpu_tensors(monkeypatch):
     monkeypatch.setattr(train_module.dist, "get_world_size", lambda: 2)
     assert train_module.init_distributed("cuda").world == 2
     assert "cpu:gloo" in backends[0] and "cuda:nccl" in backends[0]
+
+
+def worker_pid(launcher: subprocess.Popen, local_rank: int, timeout: float = 60.0) -> int:
+    """The pid of torchrun's worker with ``local_rank`` (read from the children's environments)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for task in Path(f"/proc/{launcher.pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                try:
+                    environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if f"LOCAL_RANK={local_rank}".encode() in environ:
+                    return int(child)
+        time.sleep(0.05)
+    raise AssertionError(f"no torchrun worker with LOCAL_RANK={local_rank}")
+
+
+def test_ddp_run_stopped_on_one_rank_stops_all_together_and_resumes(tiny_ckpt, assets_dir, tmp_path):
+    # A signal that reaches one rank only must stop every rank at the same update (a rank that
+    # leaves alone hangs its peers in their next all-reduce), and the saved state resumes.
+    torchrun = Path(sys.executable).with_name("torchrun")
+
+    def cmd(out):
+        return [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "score_s3prl.cli",
+                *finetune_cmd(tiny_ckpt, assets_dir, out, "--steps", "16", "save_every=2")[3:]]
+
+    env = subprocess_env()
+    whole = subprocess.run(cmd(tmp_path / "whole"), env=env, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    run_dir = tmp_path / "stopped"
+    proc = subprocess.Popen(cmd(run_dir), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = [worker_pid(proc, rank) for rank in (0, 1)]
+    try:
+        wait_for(run_dir / STATE_FILE, proc)
+        os.kill(workers[1], signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # hung: the workers hold the output pipes, so they go first
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.communicate()
+    assert f"stopped by signal {int(signal.SIGTERM)}" in stderr, stderr[-3000:]
+    assert not (run_dir / EXPORT_FILE).exists(), "the run finished before it was stopped"
+    stopped_at = torch.load(run_dir / STATE_FILE, weights_only=True)["position"]["update"]
+    assert 0 < stopped_at < 16
+
+    resumed = subprocess.run(cmd(run_dir), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {run_dir} at update {stopped_at}" in resumed.stderr
+    a = read_converted(tmp_path / "whole" / EXPORT_FILE)["model_weight"]
+    b = read_converted(run_dir / EXPORT_FILE)["model_weight"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
