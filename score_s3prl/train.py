@@ -302,8 +302,8 @@ def train(cfg: TrainConfig) -> Path:
     state_path, log_path = out / STATE_FILE, out / "train_log.csv"
     if state_path.exists():
         position = load_state(state_path, model, optimizer, scheduler, cfg)
-        append_log(log_path, [], keep_upto=position.update)
-        if ranks.main:
+        if ranks.main:  # the log is rank 0's file
+            append_log(log_path, [], keep_upto=position.update)
             print(f"resuming {out} at update {position.update}", file=sys.stderr)
     if ranks.main:
         print(trainable_summary(model), file=sys.stderr)
