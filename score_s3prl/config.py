@@ -26,7 +26,7 @@ class DataConfig:
     manifest: str | None = None  # TSV of `path<TAB>num_samples` used instead of root/subsets
     cache_dir: str | None = None  # where the file scan is cached (default: <out>/cache)
     batch_size: int = 8  # utterances per forward pass at most
-    batch_seconds: float = 160.0  # padded audio seconds per forward pass at most
+    batch_seconds: float = 160.0  # padded seconds per forward pass (>= batch_size x crop_seconds: exact updates)
     crop_seconds: float = 20.0  # longer utterances are randomly cropped to this
     min_seconds: float = 1.0  # shorter utterances are skipped and counted
 

@@ -312,7 +312,7 @@ def train(cfg: TrainConfig) -> Path:
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
     writer = SummaryWriter(str(out / "tensorboard")) if ranks.main else None
     bar = tqdm(total=o.total_updates, initial=position.update, disable=not ranks.main, unit="update")
-    log_rows, started = [], time.time()
+    log_rows, started, unreadable_batches = [], time.time(), 0
 
     stopped = 0  # the signal that stopped the run, agreed by all ranks (0: none)
     with StopRequest() as stop:
@@ -328,7 +328,12 @@ def train(cfg: TrainConfig) -> Path:
                 wavs, lengths, skipped = load_batch(utterances, next(batches), crop, min_len, generator)
                 position.skipped_files += skipped
                 if len(lengths) == 0:
+                    unreadable_batches += 1
+                    if unreadable_batches > len(utterances):  # more than a whole epoch
+                        raise ScoreError(f"no file of a whole epoch could be read ({position.skipped_files} "
+                                         "unreadable files): check the corpus and the warnings above")
                     continue
+                unreadable_batches = 0
                 s_wav, s_len, t_wav, t_len = views(wavs.to(device), lengths.to(device), generator)
                 with amp:
                     loss, _ = model(s_wav, s_len, t_wav, t_len)

@@ -288,3 +288,19 @@ def test_ddp_run_stopped_on_one_rank_stops_all_together_and_resumes(tiny_ckpt, a
     a = read_converted(tmp_path / "whole" / EXPORT_FILE)["model_weight"]
     b = read_converted(run_dir / EXPORT_FILE)["model_weight"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_corpus_that_cannot_be_read_stops_with_a_clear_error(tiny_ckpt, tmp_path):
+    # Headers that scan fine, audio that does not decode: the loop must not spin forever.
+    import numpy as np
+    import soundfile
+
+    corpus = tmp_path / "corpus" / "train-clean-100" / "1" / "2"
+    corpus.mkdir(parents=True)
+    for i in range(3):
+        path = corpus / f"1-2-{i:04d}.flac"
+        soundfile.write(path, np.random.default_rng(i).uniform(-0.1, 0.1, 32000), 16000)
+        path.write_bytes(path.read_bytes()[:200])  # the header survives, the frames do not
+    with pytest.warns(UserWarning):
+        with pytest.raises(ScoreError, match="no file of a whole epoch could be read"):
+            train(tiny_config(tiny_ckpt, tmp_path / "corpus", tmp_path / "run", **{"data.subsets": ["train-clean-100"]}))
