@@ -16,7 +16,6 @@ can merge tuned weights into exactly what was loaded.
 from __future__ import annotations
 
 import _compat_pickle
-import hashlib
 import json
 import os
 import pickle
@@ -29,6 +28,7 @@ import torch
 
 from .checkpoint import REQUIRED_KEYS, build_hubert
 from .errors import ScoreError
+from .hashing import file_sha256
 
 # The non-legacy URL in s3prl/upstream/hubert/hubconf.py:hubert_base (s3prl's converted
 # format of fairseq's hubert_base_ls960.pt). tests/test_base_models.py checks it is still there.
@@ -66,7 +66,7 @@ def load_base_state(spec: str, refresh: bool = False) -> tuple[dict[str, Any], s
             "or a transformers HubertModel directory)"
         )
     check_hubert(state, spec)
-    return state, f"{kind} sha256:{_sha256(path)}"
+    return state, f"{kind} sha256:{file_sha256(path)}"
 
 
 def check_hubert(state: dict[str, Any], source: str) -> None:
@@ -88,14 +88,6 @@ def _download(url: str, refresh: bool) -> str:
         raise ScoreError(
             f"hubert_base: cannot download {url} ({exc}); when offline, pass a local checkpoint"
         ) from exc
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- .pt files

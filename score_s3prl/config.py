@@ -8,8 +8,6 @@ Unknown keys are errors, so a typo never silently trains with a default.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import ScoreError
+from .hashing import json_hash
 
 
 @dataclass
@@ -138,5 +137,4 @@ def config_hash(cfg: TrainConfig) -> str:
     data = config_dict(cfg)
     for volatile in ("out", "device", "log_every", "save_every"):
         data.pop(volatile)
-    blob = json.dumps(data, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    return json_hash(data)

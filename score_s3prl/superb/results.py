@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import fcntl
-import hashlib
 import io
-import json
 import math
 import os
 import subprocess
@@ -40,7 +37,7 @@ COLUMNS = (
     "run_dir",  # s3prl experiment directory
     "date",  # UTC, ISO 8601
     "git_commit",  # commit of this project, or "unknown"
-    "config_hash",  # config_hash() of the run's settings
+    "config_hash",  # hashing.json_hash() of the run's settings
 )
 HEADER = ",".join(COLUMNS)
 
@@ -258,20 +255,3 @@ def git_commit(repo_dir: str | os.PathLike | None = None) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
-
-
-def _canonical(obj: object) -> object:
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=repr)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    raise TypeError(f"config_hash: cannot hash a {type(obj).__name__}")
-
-
-def config_hash(obj: object) -> str:
-    """12 hex digits of SHA-256 over the canonical JSON of ``obj`` (keys sorted; paths as
-    strings, sets sorted, dataclasses as dicts): equal settings give equal hashes."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_canonical)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import logging
 import os
 import re
@@ -55,6 +54,7 @@ import yaml
 
 from .. import recipes
 from ..errors import ScoreError
+from ..hashing import file_sha256, json_hash
 from . import demo_data, mtwv, prepare, results
 from .metrics import recipe_error_rate
 from .stages import Pipeline, Stage
@@ -345,8 +345,8 @@ class Planner:
         return {"upstream_sha256": self.digests[upstream.ckpt]}
 
     def row_hash(self, task: str, upstream: Upstream, split: str, layer: int | None) -> str:
-        """results.config_hash of what defines a measurement (data paths aside)."""
-        return results.config_hash({"task": task, "upstream": dataclasses.asdict(upstream), "split": split,
+        """json_hash of what defines a measurement (data paths aside)."""
+        return json_hash({"task": task, "upstream": dataclasses.asdict(upstream), "split": split,
                                     "layer": layer, "settings": self.setting_overrides(task)})
 
     def stages(self) -> list[Stage]:
@@ -475,8 +475,7 @@ def checkpoint_digest(ckpt: str | None) -> str | None:
     not written yet (a demo dry run)."""
     if not ckpt or "://" in ckpt or not os.path.isfile(ckpt):
         return None
-    with open(ckpt, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    return file_sha256(ckpt)
 
 
 def chosen_checkpoint(best: Path) -> str:

@@ -35,7 +35,8 @@ from typing import Any, Callable, TextIO
 
 from ..errors import ScoreError
 from ..fileio import atomic_write_text
-from .results import config_hash, utc_now
+from ..hashing import json_hash
+from .results import utc_now
 
 LOG_TAIL_LINES = 15  # lines of a failed command's log shown on the terminal
 
@@ -96,7 +97,7 @@ class Stage:
     def key(self) -> str:
         deps = [(d.record() or {}).get("stamp") for d in self.deps]
         argv = self.command() if self.command else None
-        return config_hash({"settings": self.settings, "command": argv, "deps": deps})
+        return json_hash({"settings": self.settings, "command": argv, "deps": deps})
 
     def done(self) -> bool:
         record = self.record()
