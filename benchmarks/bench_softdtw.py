@@ -1,13 +1,13 @@
 """Soft-DTW forward + backward speed: ours against pysdtw and tslearn, from one run.
 
 For each device (the CPU always; CUDA when available, else it says it skipped it) and on the
-same random batch, times ``values.sum().backward()`` of:
+same random batch, times the forward and ``out.backward(ones)`` of:
   - end to end, x (B, N, D) and y (B, M, D) -> squared-Euclidean cost matrix -> soft-DTW:
     ours, pysdtw (its CPU or CUDA kernel), tslearn's SoftDTWLossPyTorch (CPU only: minutes
     on the GPU size);
   - the dynamic programme alone, from a precomputed (B, N, M) cost matrix: ours and pysdtw;
-  - the cost matrix alone (two of the three matmuls are in the backward): a floor that every
-    end-to-end figure contains.
+  - the cost matrix alone (two of the three matmuls are in the backward), given a dense
+    gradient as the soft-DTW backward passes it: a floor that every end-to-end figure contains.
 Each round runs every method in turn (three back-to-back calls, keeping the fastest: the
 steady state of a training loop); each method keeps its median over --rounds rounds (the CPU
 is shared, so only ratios from one run compare). Prints seconds, Mcells/s (B N M cells per
@@ -46,7 +46,9 @@ def _time(fn: Callable[[], torch.Tensor], device: torch.device) -> float:
     """Wall seconds of one forward + backward."""
     _sync(device)
     start = time.perf_counter()
-    fn().sum().backward()
+    out = fn()
+    # A dense gradient (not sum()'s broadcast view, which matmuls would first copy).
+    out.backward(torch.ones_like(out))
     _sync(device)
     return time.perf_counter() - start
 
