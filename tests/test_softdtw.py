@@ -506,3 +506,26 @@ def test_sqeuclidean_centres_on_the_valid_frames_of_padded_pairs():
     clean = pairwise_cost(x[:, :n], y[:, :m])
     padded = pairwise_cost(x, y, x_lengths=xl, y_lengths=yl)[:, :n, :m]
     assert torch.allclose(padded, clean, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("grad_of", ["x", "y", "both"])
+def test_sqeuclidean_cost_and_gradients_equal_the_direct_formula(grad_of):
+    # The cost's own backward (norm-carrying matmuls) against autograd through the direct
+    # (B, N, M, D) formula, with a dense upstream gradient and either or both sides trainable.
+    gen = torch.Generator().manual_seed(5)
+    x = 3 + torch.randn(2, 7, 5, generator=gen, dtype=torch.float64)
+    y = 3 + torch.randn(2, 6, 5, generator=gen, dtype=torch.float64)
+    upstream = torch.randn(2, 7, 6, generator=gen, dtype=torch.float64)
+    results = []
+    for fn in (pairwise_cost, lambda a, b: ((a.unsqueeze(2) - b.unsqueeze(1)) ** 2).sum(-1)):
+        a = x.clone().requires_grad_(grad_of in ("x", "both"))
+        b = y.clone().requires_grad_(grad_of in ("y", "both"))
+        costs = fn(a, b)
+        costs.backward(upstream)
+        results.append((costs.detach(), a.grad, b.grad))
+    (got, got_gx, got_gy), (want, want_gx, want_gy) = results
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    for g, w in ((got_gx, want_gx), (got_gy, want_gy)):
+        assert (g is None) == (w is None)
+        if w is not None:
+            assert torch.allclose(g, w, rtol=1e-12, atol=1e-12)
