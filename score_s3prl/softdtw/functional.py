@@ -74,9 +74,9 @@ def pairwise_cost(
 class _SquaredEuclidean(torch.autograd.Function):
     """cost[b, i, j] = ||x[b, i] - y[b, j]||^2 from x (B, N, D), y (B, M, D) and a centre (B, 1, D).
 
-    One matmul forward and two backward, each carrying two extra columns so that no pass over
-    a (B, N, M) tensor is needed besides the matmuls (on a 2-core CPU such a pass costs about
-    a tenth of a matmul). With c the centre, xc = x - c and yc = y - c:
+    One matmul forward and two backward, each carrying two extra columns so that the only pass
+    over a (B, N, M) tensor besides the matmuls is the forward's clamp (on a 2-core CPU such a
+    pass costs about a tenth of a matmul). With c the centre, xc = x - c and yc = y - c:
         xa = [xc, |xc|^2, 1],  ya = [-2 yc, 1, |yc|^2],  cost = xa @ ya^T,
         G @ ya = [-2 G yc, rowsum(G), .],  G^T @ xa = [G^T xc, ., colsum(G)],
     and the gradients are 2 rowsum(G) xc - 2 G yc and 2 colsum(G) yc - 2 G^T xc. Only xa and
