@@ -529,3 +529,89 @@ def test_sqeuclidean_cost_and_gradients_equal_the_direct_formula(grad_of):
         assert (g is None) == (w is None)
         if w is not None:
             assert torch.allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+def _banded_upstream(batch, n, m, seed, dtype):
+    """A signed (B, N, M) gradient, zero outside a band around the diagonal, with one empty row."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.arange(n).unsqueeze(1) * (m - 1) / max(n - 1, 1)
+    band = (rows - torch.arange(m).unsqueeze(0)).abs() <= 2
+    upstream = (torch.rand(batch, n, m, generator=gen, dtype=dtype) - 0.5) * band
+    upstream[:, n // 2] = 0
+    return upstream
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n", [9, 12])  # the kernel takes rows four at a time
+def test_sparse_cpu_backward_equals_the_matmuls(monkeypatch, dtype, n):
+    from score_s3prl.softdtw import cpu_sqeuclidean
+
+    gen = torch.Generator().manual_seed(31)
+    x = 5 + torch.randn(3, n, 6, generator=gen, dtype=dtype)
+    # 40 columns: the band search skips whole 16-column chunks of zeros.
+    y = 5 + torch.randn(3, 40, 6, generator=gen, dtype=dtype)
+    upstream = _banded_upstream(3, n, 40, seed=32, dtype=dtype)
+    upstream[1, 3, 30] = float("nan")  # a NaN gradient must come out, not be skipped
+    grads = []
+    for fraction in (1.0, 0.0):  # every band taken sparse; then the matmuls for any nonzero
+        monkeypatch.setattr(cpu_sqeuclidean, "MAX_BAND_FRACTION", fraction)
+        a, b = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        pairwise_cost(a, b).backward(upstream)
+        grads.append((a.grad, b.grad))
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for sparse, dense in zip(*grads):
+        assert torch.equal(sparse.isnan(), dense.isnan()) and bool(sparse.isnan().any())
+        assert torch.allclose(sparse.nan_to_num(), dense.nan_to_num(), rtol=tol, atol=tol)
+
+
+def test_nonzero_bands_of_rows():
+    from score_s3prl.softdtw import cpu_sqeuclidean
+
+    rows = torch.zeros(1, 7, 40)
+    rows[0, 0, 30], rows[0, 0, 31] = 0.25, -0.25  # a 16-column chunk whose values sum to 0
+    rows[0, 1, 2], rows[0, 1, 30], rows[0, 1, 31] = 1.0, 0.25, -0.25  # the same, seen from the right
+    rows[0, 2, 16] = 1.0  # the first column after a skipped chunk
+    rows[0, 3, 23] = 1.0  # the last column before a skipped chunk
+    rows[0, 4, 5] = float("nan")
+    rows[0, 5] = 1.0
+    # row 6 is empty: (M, 0) so that it never widens a block's union of bands
+    bands = cpu_sqeuclidean.nonzero_bands(rows.numpy())
+    assert bands[0].tolist() == [[30, 32], [2, 32], [16, 17], [23, 24], [5, 6], [0, 40], [40, 0]]
+
+
+def test_sparse_cpu_backward_declines_dense_gradients():
+    from score_s3prl.softdtw import cpu_sqeuclidean
+
+    x, y = torch.randn(2, 9, 4), torch.randn(2, 8, 4)
+    xa, ya = cpu_sqeuclidean.augment(x, y, torch.tensor([9, 9]), torch.tensor([8, 8]))
+    assert cpu_sqeuclidean.sqeuclidean_backward(torch.ones(2, 9, 8), xa, ya) is None
+    grad_x, grad_y = cpu_sqeuclidean.sqeuclidean_backward(torch.zeros(2, 9, 8), xa, ya)
+    assert grad_x.shape == x.shape and grad_y.shape == y.shape
+    assert not bool(grad_x.any()) and not bool(grad_y.any())
+
+
+def test_gradcheck_float64_through_the_sparse_cpu_backward(monkeypatch):
+    from score_s3prl.softdtw import cpu_sqeuclidean
+
+    monkeypatch.setattr(cpu_sqeuclidean, "MAX_BAND_FRACTION", 1.0)
+    x, y, xl, yl = _pairs(3, 7, 5, 3, [7, 4, 3], [5, 5, 2], seed=33, pad_value=0.5)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+
+    def f(a, b):
+        return soft_dtw_divergence(a, b, xl, yl, gamma=0.2, backend="cpu")
+
+    assert torch.autograd.gradcheck(f, (x, y), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_augment_equals_the_torch_one(dtype):
+    from score_s3prl.softdtw import cpu_sqeuclidean
+
+    x, y, xl, yl = _pairs(3, 8, 6, 5, [8, 3, 5], [6, 6, 1], seed=34, dtype=dtype, pad_value=0.0)
+    x, y = x + 40, y + 40  # a shared offset: the centre must be the valid frames' mean
+    got = cpu_sqeuclidean.augment(x, y, xl, yl)
+    want = functional._augment(x, y, xl, yl)
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, rtol=tol, atol=tol)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ..errors import ScoreError
+from . import cpu_sqeuclidean
 from .reference import soft_dtw_reference
 
 CostFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -60,41 +61,37 @@ def pairwise_cost(
             raise ScoreError(f"soft-DTW: the cost callable returned {got}, expected a tensor of shape {want}")
         return out
     if cost == "sqeuclidean":
-        # ||x - y||^2 is translation invariant: centring both on a common point first keeps the
-        # expansion |x|^2 + |y|^2 - 2 x.y from cancelling catastrophically for features with a
-        # large shared offset (raw SSL features). The centre carries no gradient, and it is the
-        # mean of the valid frames only: padding zeros would pull it towards the origin.
-        centre = _valid_mean(x, y, x_lengths, y_lengths).detach()
-        return _SquaredEuclidean.apply(x, y, centre)
+        batch = x.shape[0]
+        x_lengths = _lengths(x_lengths, batch, x.shape[1], x.device, "x_lengths")
+        y_lengths = _lengths(y_lengths, batch, y.shape[1], y.device, "y_lengths")
+        return _SquaredEuclidean.apply(x, y, x_lengths, y_lengths)
     if cost == "cosine":
         return 1 - torch.bmm(F.normalize(x, dim=-1), F.normalize(y, dim=-1).transpose(1, 2))
     raise ScoreError(f"soft-DTW: unknown cost {cost!r}; use 'sqeuclidean', 'cosine' or a callable")
 
 
 class _SquaredEuclidean(torch.autograd.Function):
-    """cost[b, i, j] = ||x[b, i] - y[b, j]||^2 from x (B, N, D), y (B, M, D) and a centre (B, 1, D).
+    """cost[b, i, j] = ||x[b, i] - y[b, j]||^2 from x (B, N, D), y (B, M, D) and lengths (B,).
 
-    One matmul forward and two backward, each carrying two extra columns so that the only pass
-    over a (B, N, M) tensor besides the matmuls is the forward's clamp (on a 2-core CPU such a
-    pass costs about a tenth of a matmul). With c the centre, xc = x - c and yc = y - c:
+    ||x - y||^2 is translation invariant: centring both on a common point c first keeps the
+    expansion |x|^2 + |y|^2 - 2 x.y from cancelling catastrophically for features with a large
+    shared offset (raw SSL features). c is the mean of the valid frames only (padding zeros
+    would pull it towards the origin) and carries no gradient. With xc = x - c, yc = y - c:
         xa = [xc, |xc|^2, 1],  ya = [-2 yc, 1, |yc|^2],  cost = xa @ ya^T,
         G @ ya = [-2 G yc, rowsum(G), .],  G^T @ xa = [G^T xc, ., colsum(G)],
-    and the gradients are 2 rowsum(G) xc - 2 G yc and 2 colsum(G) yc - 2 G^T xc. Only xa and
-    ya are saved (B (N + M) (D + 2) values); the centre gets no gradient.
+    and the gradients are 2 rowsum(G) xc - 2 G yc and 2 colsum(G) yc - 2 G^T xc, with no pass
+    over a (B, N, M) tensor besides the matmuls and the forward's clamp. Only xa and ya are
+    saved (B (N + M) (D + 2) values). On the CPU, a kernel builds xa and ya in one pass, and
+    when G is sparse (soft-DTW's alignment at small gamma) the backward sums over each row's
+    nonzero band instead of the matmuls (``cpu_sqeuclidean.py``).
     """
 
     @staticmethod
-    def forward(ctx, x, y, centre):
-        dim = x.shape[2]
-        xa = x.new_empty(*x.shape[:2], dim + 2)
-        ya = y.new_empty(*y.shape[:2], dim + 2)
-        # (vector_norm is the fastest row reduction torch has on the CPU: 3x vecdot's speed.)
-        xc = torch.sub(x, centre, out=xa[..., :dim])
-        torch.linalg.vector_norm(xc, dim=-1, out=xa[..., dim]).square_()
-        xa[..., dim + 1] = 1
-        yc2 = torch.sub(centre * 2, y, alpha=2, out=ya[..., :dim])  # -2 yc
-        torch.linalg.vector_norm(yc2, dim=-1, out=ya[..., dim + 1]).square_().mul_(0.25)
-        ya[..., dim] = 1
+    def forward(ctx, x, y, x_lengths, y_lengths):
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and y.dtype == x.dtype:
+            xa, ya = cpu_sqeuclidean.augment(x, y, x_lengths, y_lengths)
+        else:
+            xa, ya = _augment(x, y, x_lengths, y_lengths)
         ctx.save_for_backward(xa, ya)
         # Rounding can leave tiny negative costs: lift them to 0.
         return torch.bmm(xa, ya.transpose(1, 2)).clamp_min_(0)
@@ -103,6 +100,11 @@ class _SquaredEuclidean(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         xa, ya = ctx.saved_tensors
+        if grad.device.type == "cpu":
+            sparse = cpu_sqeuclidean.sqeuclidean_backward(grad, xa, ya)
+            if sparse is not None:
+                grad_x, grad_y = sparse
+                return (grad_x if ctx.needs_input_grad[0] else None), (grad_y if ctx.needs_input_grad[1] else None), None, None
         dim = xa.shape[2] - 2
         grad_x = grad_y = None
         if ctx.needs_input_grad[0]:
@@ -112,7 +114,25 @@ class _SquaredEuclidean(torch.autograd.Function):
             # alpha=-2 inside the matmul: -2 G^T xc and -2 colsum(G) with no extra pass.
             gt_xa = torch.baddbmm(grad.new_zeros(()), grad.transpose(1, 2), xa, beta=0, alpha=-2)
             grad_y = torch.addcmul(gt_xa[..., :dim], gt_xa[..., dim + 1 :], ya[..., :dim], value=0.5)
-        return grad_x, grad_y, None
+        return grad_x, grad_y, None, None
+
+
+def _augment(
+    x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tensor, y_lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """xa (B, N, D + 2) and ya (B, M, D + 2) of :class:`_SquaredEuclidean`, in torch (any device)."""
+    centre = _valid_mean(x, y, x_lengths, y_lengths)
+    dim = x.shape[2]
+    xa = x.new_empty(*x.shape[:2], dim + 2)
+    ya = y.new_empty(*y.shape[:2], dim + 2)
+    # (vector_norm is the fastest row reduction torch has on the CPU: 3x vecdot's speed.)
+    xc = torch.sub(x, centre, out=xa[..., :dim])
+    torch.linalg.vector_norm(xc, dim=-1, out=xa[..., dim]).square_()
+    xa[..., dim + 1] = 1
+    yc2 = torch.sub(centre * 2, y, alpha=2, out=ya[..., :dim])  # -2 yc
+    torch.linalg.vector_norm(yc2, dim=-1, out=ya[..., dim + 1]).square_().mul_(0.25)
+    ya[..., dim] = 1
+    return xa, ya
 
 
 def soft_dtw(
@@ -275,13 +295,8 @@ def _prepare(
     return _band(costs, x_lengths, y_lengths, bandwidth), x_lengths, y_lengths
 
 
-def _valid_mean(
-    x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tensor | None, y_lengths: torch.Tensor | None
-) -> torch.Tensor:
+def _valid_mean(x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tensor, y_lengths: torch.Tensor) -> torch.Tensor:
     """Mean (B, 1, D) of the frames of x (B, N, D) and y (B, M, D) within their lengths."""
-    batch = x.shape[0]
-    x_lengths = _lengths(x_lengths, batch, x.shape[1], x.device, "x_lengths")
-    y_lengths = _lengths(y_lengths, batch, y.shape[1], y.device, "y_lengths")
     total = _zero_padding(x, x_lengths).sum(1) + _zero_padding(y, y_lengths).sum(1)
     return (total / (x_lengths + y_lengths).unsqueeze(1).to(total.dtype)).unsqueeze(1)
 
