@@ -8,7 +8,7 @@ same random batch, times the forward and ``out.backward(ones)`` of:
   - the dynamic programme alone, from a precomputed (B, N, M) cost matrix: ours and pysdtw;
   - the cost matrix alone (two of the three matmuls are in the backward), given a dense
     gradient as the soft-DTW backward passes it: a floor that every end-to-end figure contains.
-Each round runs every method in turn (three back-to-back calls, keeping the fastest: the
+Inputs are fresh leaf copies made before the clock starts. Each round runs every method in turn (three back-to-back calls, keeping the fastest: the
 steady state of a training loop); each method keeps its median over --rounds rounds (the CPU
 is shared, so only ratios from one run compare). Prints seconds, Mcells/s (B N M cells per
 second) and ours / peer speed ratios. Sizes: CPU B=8, N=500, M=450, D=256; CUDA B=32,
@@ -42,11 +42,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn: Callable[[], torch.Tensor], device: torch.device) -> float:
-    """Wall seconds of one forward + backward."""
+def _time(method: tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]], device: torch.device) -> float:
+    """Wall seconds of one forward + backward of ``fn(*inputs)``, on fresh leaf copies made
+    before the clock starts."""
+    fn, inputs = method
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
     _sync(device)
     start = time.perf_counter()
-    out = fn()
+    out = fn(*leaves)
     # A dense gradient (not sum()'s broadcast view, which matmuls would first copy).
     out.backward(torch.ones_like(out))
     _sync(device)
@@ -54,7 +57,7 @@ def _time(fn: Callable[[], torch.Tensor], device: torch.device) -> float:
 
 
 def _methods(device: torch.device, x: torch.Tensor, y: torch.Tensor, costs: torch.Tensor, tslearn: bool) -> dict:
-    """name -> callable returning the (B,) values, each on fresh leaves of the same data."""
+    """name -> (callable returning the (B,) values, its inputs), all on the same data."""
     import pysdtw
     from pysdtw.sdtw_cpu import SoftDTWcpu
     from pysdtw.sdtw_cuda import SoftDTWcuda
@@ -64,21 +67,17 @@ def _methods(device: torch.device, x: torch.Tensor, y: torch.Tensor, costs: torc
     batch, rows, cols = costs.shape
     pair_lengths = torch.tensor([[rows, cols]] * batch)  # pysdtw's (B, 2) lengths, on the CPU
     peer = pysdtw.SoftDTW(gamma=GAMMA, use_cuda=cuda)
-
-    def leaf(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().clone().requires_grad_(True)
-
     methods = {
-        "ours end-to-end": lambda: soft_dtw(leaf(x), leaf(y), gamma=GAMMA),
-        "pysdtw end-to-end": lambda: peer(leaf(x), leaf(y)),
-        "ours DP only": lambda: soft_dtw_from_cost(leaf(costs), gamma=GAMMA),
-        "pysdtw DP only": lambda: peer_dp(leaf(costs), pair_lengths, GAMMA, 0),
-        "cost matrix only": lambda: pairwise_cost(leaf(x), leaf(y)),
+        "ours end-to-end": (lambda a, b: soft_dtw(a, b, gamma=GAMMA), (x, y)),
+        "pysdtw end-to-end": (peer, (x, y)),
+        "ours DP only": (lambda c: soft_dtw_from_cost(c, gamma=GAMMA), (costs,)),
+        "pysdtw DP only": (lambda c: peer_dp(c, pair_lengths, GAMMA, 0), (costs,)),
+        "cost matrix only": (pairwise_cost, (x, y)),
     }
     if tslearn and not cuda:
         from tslearn.metrics import SoftDTWLossPyTorch
 
-        methods["tslearn end-to-end"] = lambda: SoftDTWLossPyTorch(gamma=GAMMA)(leaf(x), leaf(y))
+        methods["tslearn end-to-end"] = (SoftDTWLossPyTorch(gamma=GAMMA), (x, y))
     return methods
 
 
@@ -92,21 +91,22 @@ def bench(device: torch.device, rounds: int, tslearn: bool) -> None:
     cells = batch * rows * cols
     methods = _methods(device, x, y, costs, tslearn)
     ours = soft_dtw(x, y, gamma=GAMMA)
-    peer = methods["pysdtw end-to-end"]().detach()
+    peer_fn, _ = methods["pysdtw end-to-end"]
+    peer = peer_fn(x, y)
     print(f"\n== {device.type}: B={batch}, N={rows}, M={cols}, D={dim}, gamma={GAMMA}, float32 ==")
     print(f"max |ours - pysdtw| / |pysdtw| = {float(((ours - peer).abs() / peer.abs()).max()):.2e}")
-    for fn in methods.values():  # warm-up: compilation, caches, allocator
-        _time(fn, device)
+    for method in methods.values():  # warm-up: compilation, caches, allocator
+        _time(method, device)
     times: dict[str, list[float]] = {name: [] for name in methods}
     for r in range(rounds):
-        for name, fn in methods.items():
+        for name, method in methods.items():
             if name.startswith("tslearn"):
                 if r == 0:  # seconds per call: one timed call is enough
-                    times[name].append(_time(fn, device))
+                    times[name].append(_time(method, device))
                 continue
             # The best of a few back-to-back calls: the steady state of a training loop, where
             # the allocator already holds the buffers that the previous method released.
-            times[name].append(min(_time(fn, device) for _ in range(3)))
+            times[name].append(min(_time(method, device) for _ in range(3)))
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"{'method':<22}{'fwd+bwd ms':>12}{'Mcells/s':>12}")
     for name, seconds in median.items():
