@@ -6,13 +6,14 @@ same random batch, times the forward and ``out.backward(ones)`` of:
     ours, pysdtw (its CPU or CUDA kernel), tslearn's SoftDTWLossPyTorch (CPU only: minutes
     on the GPU size);
   - the dynamic programme alone, from a precomputed (B, N, M) cost matrix: ours and pysdtw;
-  - the cost matrix alone (two of the three matmuls are in the backward), given a dense
-    gradient as the soft-DTW backward passes it: a floor that every end-to-end figure contains.
-Inputs are fresh leaf copies made before the clock starts. Each round runs every method in turn (three back-to-back calls, keeping the fastest: the
-steady state of a training loop); each method keeps its median over --rounds rounds (the CPU
-is shared, so only ratios from one run compare). Prints seconds, Mcells/s (B N M cells per
-second) and ours / peer speed ratios. Sizes: CPU B=8, N=500, M=450, D=256; CUDA B=32,
-N=M=1000, D=256. Usage: python benchmarks/bench_softdtw.py [--rounds 5] [--no-tslearn]
+  - the cost matrix alone with a dense gradient, which takes the two backward matmuls (the
+    end-to-end path sums over the alignment's nonzero bands instead when it is sparse).
+Inputs are fresh leaf copies made before the clock starts. Each round runs every method in
+turn (three back-to-back calls, keeping the fastest: the steady state of a training loop);
+each method keeps its median over --rounds rounds (the CPU is shared, so only ratios from one
+run compare). Prints seconds, Mcells/s (B N M cells per second) and ours / peer speed ratios.
+Sizes: CPU B=8, N=500, M=450, D=256; CUDA B=32, N=M=1000, D=256.
+Usage: python benchmarks/bench_softdtw.py [--rounds 5] [--no-tslearn]
 """
 
 from __future__ import annotations
