@@ -169,7 +169,7 @@ def augment(
         x, y: (B, N, D) and (B, M, D) float32 or float64 CPU tensors.
         x_lengths, y_lengths: (B,) int64 valid frame counts; the centre is their frames' mean.
     """
-    x, y = x.contiguous(), y.contiguous()
+    x, y = x.detach().contiguous(), y.detach().contiguous()
     xa = x.new_empty(*x.shape[:2], x.shape[2] + 2)
     ya = y.new_empty(*y.shape[:2], y.shape[2] + 2)
     _parallel(

@@ -100,17 +100,17 @@ class _SquaredEuclidean(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         xa, ya = ctx.saved_tensors
-        if grad.device.type == "cpu":
-            sparse = cpu_sqeuclidean.sqeuclidean_backward(grad, xa, ya)
-            if sparse is not None:
-                grad_x, grad_y = sparse
-                return (grad_x if ctx.needs_input_grad[0] else None), (grad_y if ctx.needs_input_grad[1] else None), None, None
+        needs_x, needs_y = ctx.needs_input_grad[:2]
+        banded = cpu_sqeuclidean.sqeuclidean_backward(grad, xa, ya) if grad.device.type == "cpu" else None
+        if banded is not None:  # both gradients come from one loop over the bands
+            grad_x, grad_y = banded
+            return (grad_x if needs_x else None), (grad_y if needs_y else None), None, None
         dim = xa.shape[2] - 2
         grad_x = grad_y = None
-        if ctx.needs_input_grad[0]:
+        if needs_x:
             g_ya = torch.bmm(grad, ya)
             grad_x = torch.addcmul(g_ya[..., :dim], g_ya[..., dim : dim + 1], xa[..., :dim], value=2)
-        if ctx.needs_input_grad[1]:
+        if needs_y:
             # alpha=-2 inside the matmul: -2 G^T xc and -2 colsum(G) with no extra pass.
             gt_xa = torch.baddbmm(grad.new_zeros(()), grad.transpose(1, 2), xa, beta=0, alpha=-2)
             grad_y = torch.addcmul(gt_xa[..., :dim], gt_xa[..., dim + 1 :], ya[..., :dim], value=0.5)
