@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from .cpu import _JIT, _parallel, _typed
+from .cpu import _JIT, _numpy, _parallel, _typed
 
 # Above this fraction of cells inside the bands, use the matmuls. On the 2-core CPU at B=8,
 # N=500, M=450, D=256 the band path's backward is about 4.8 ms faster at gamma 0.1 (fraction
@@ -169,12 +169,11 @@ def augment(
         x, y: (B, N, D) and (B, M, D) float32 or float64 CPU tensors.
         x_lengths, y_lengths: (B,) int64 valid frame counts; the centre is their frames' mean.
     """
-    x, y = x.detach().contiguous(), y.detach().contiguous()
     xa = x.new_empty(*x.shape[:2], x.shape[2] + 2)
     ya = y.new_empty(*y.shape[:2], y.shape[2] + 2)
     _parallel(
         _augment_kernel, x.shape[0],
-        x.numpy(), y.numpy(), x_lengths.contiguous().numpy(), y_lengths.contiguous().numpy(), xa.numpy(), ya.numpy(),
+        _numpy(x), _numpy(y), _numpy(x_lengths), _numpy(y_lengths), xa.numpy(), ya.numpy(),
     )  # fmt: skip
     return xa, ya
 
@@ -197,11 +196,10 @@ def sqeuclidean_backward(
         grad: (B, N, M) float32 or float64 CPU tensor, the gradient of the cost matrices.
         xa, ya: (B, N, D + 2) and (B, M, D + 2) contiguous, as ``_SquaredEuclidean`` saves them.
     """
-    grad = grad.contiguous()
     batch, rows, cols = grad.shape
     if batch == 0 or grad.dtype not in (torch.float32, torch.float64):
         return None
-    g = grad.numpy()
+    g = _numpy(grad)
     bands = nonzero_bands(g)
     if np.maximum(bands[..., 1] - bands[..., 0], 0).sum() > MAX_BAND_FRACTION * grad.numel():
         return None

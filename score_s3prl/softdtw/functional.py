@@ -53,6 +53,16 @@ def pairwise_cost(
     x_lengths, y_lengths: optional (B,) valid frame counts. They change no valid cost, only
     the float32 rounding of ``"sqeuclidean"``, which is centred on the valid frames' mean.
     """
+    batch = x.shape[0]
+    x_lengths = _lengths(x_lengths, batch, x.shape[1], x.device, "x_lengths")
+    y_lengths = _lengths(y_lengths, batch, y.shape[1], y.device, "y_lengths")
+    return _pairwise_cost(x, y, cost, x_lengths, y_lengths)
+
+
+def _pairwise_cost(
+    x: torch.Tensor, y: torch.Tensor, cost: Cost, x_lengths: torch.Tensor, y_lengths: torch.Tensor
+) -> torch.Tensor:
+    """:func:`pairwise_cost` for lengths already checked (a check reads them back from the GPU)."""
     if callable(cost):
         out = cost(x, y)
         want = (x.shape[0], x.shape[1], y.shape[1])
@@ -61,9 +71,6 @@ def pairwise_cost(
             raise ScoreError(f"soft-DTW: the cost callable returned {got}, expected a tensor of shape {want}")
         return out
     if cost == "sqeuclidean":
-        batch = x.shape[0]
-        x_lengths = _lengths(x_lengths, batch, x.shape[1], x.device, "x_lengths")
-        y_lengths = _lengths(y_lengths, batch, y.shape[1], y.device, "y_lengths")
         return _SquaredEuclidean.apply(x, y, x_lengths, y_lengths)
     if cost == "cosine":
         return 1 - torch.bmm(F.normalize(x, dim=-1), F.normalize(y, dim=-1).transpose(1, 2))
@@ -291,7 +298,7 @@ def _prepare(
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = _zero_padding(x.to(dtype), x_lengths)
         y = _zero_padding(y.to(dtype), y_lengths)
-        costs = pairwise_cost(x, y, cost, x_lengths, y_lengths).to(dtype)
+        costs = _pairwise_cost(x, y, cost, x_lengths, y_lengths).to(dtype)
     return _band(costs, x_lengths, y_lengths, bandwidth), x_lengths, y_lengths
 
 
