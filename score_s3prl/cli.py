@@ -1,7 +1,8 @@
 """``score-s3prl``: one console entry, one subcommand per job.
 
 Each subcommand lives in its own module as ``main(argv) -> int``; this file only dispatches,
-and turns a :class:`~score_s3prl.errors.ScoreError` into one ``error: ...`` line.
+checks that torch and torchaudio load (:mod:`score_s3prl.stack`), and turns a
+:class:`~score_s3prl.errors.ScoreError` into one ``error: ...`` line.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import importlib
 import sys
 
 from .errors import ScoreError
+from .stack import require_loadable
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
@@ -36,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
     try:
+        require_loadable()  # before any import of torchaudio: one line, not a traceback
+        module = importlib.import_module(SUBCOMMANDS[name][0])
         return int(module.main(rest) or 0)
     except ScoreError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -10,6 +10,9 @@ shim                        why s3prl needs it
 ``set_audio_backend``       ``run_downstream.py`` and modules ``s3prl.hub`` imports call it
 ``torchaudio.info``         ``s3prl.util.audio_info`` (metadata of audio files)
 ``torchaudio.load``         the ASR / PR datasets; torchaudio >= 2.9 needs torchcodec for it
+``torchaudio.save``         ``s3prl.util.pseudo_data`` (s3prl's own tests); needs torchcodec too
+``audio_info`` workers      ``s3prl.util.audio_info`` calls ``torchaudio.info`` in joblib worker
+                            processes, which start without these shims: run it in threads
 ``torchaudio.sox_effects``  QbE (``channels 1, rate 16000, gain -3``) and upstream imports
 ``HfFolder``                imported by ``run_downstream.py`` and ``downstream/runner.py``
 ``Repository``              imported by ``downstream/runner.py``
@@ -114,6 +117,55 @@ def load(
     end = None if num_frames < 0 else frame_offset + num_frames
     wav = wav[:, frame_offset:end].contiguous()  # s3prl's datasets call .view(-1) on it
     return (wav if channels_first else wav.t().contiguous()), int(sample_rate)
+
+
+# soundfile subtype by (encoding, bits_per_sample) as torchaudio's sox_io backend named them.
+_SUBTYPES = {("PCM_S", 8): "PCM_S8", ("PCM_S", 16): "PCM_16", ("PCM_S", 24): "PCM_24",
+             ("PCM_S", 32): "PCM_32", ("PCM_U", 8): "PCM_U8", ("PCM_F", 32): "FLOAT",
+             ("PCM_F", 64): "DOUBLE", ("ULAW", 8): "ULAW", ("ALAW", 8): "ALAW"}
+# Without an encoding, the sample type picks one (float data is written as float, as sox_io did).
+_DTYPE_SUBTYPES = {torch.float32: "FLOAT", torch.float64: "DOUBLE", torch.int16: "PCM_16",
+                   torch.int32: "PCM_32", torch.uint8: "PCM_U8"}
+
+
+def save(
+    uri: str | os.PathLike,
+    src: torch.Tensor,
+    sample_rate: int,
+    channels_first: bool = True,
+    format: str | None = None,
+    encoding: str | None = None,
+    bits_per_sample: int | None = None,
+    buffer_size: int = 4096,
+    backend: str | None = None,
+    compression: float | int | None = None,
+) -> None:
+    """``torchaudio.save`` on soundfile (torchaudio >= 2.9 needs torchcodec for it).
+
+    Args:
+        uri: output path; its suffix picks the container unless ``format`` names one.
+        src: waveform of shape (channels, frames), or (frames, channels) with
+            ``channels_first=False``; a 1-D tensor is one channel.
+        sample_rate: Hz.
+        encoding, bits_per_sample: as torchaudio named them (``"PCM_S"``, 16); otherwise the
+            tensor's dtype decides (float32 is written as 32-bit float, values not clipped),
+            falling back to the container's default where it cannot hold that sample type.
+    ``buffer_size``, ``backend`` and ``compression`` are accepted and ignored.
+    """
+    wav = src.detach().cpu()
+    if wav.dim() == 1:
+        wav = wav.unsqueeze(0 if channels_first else 1)
+    frames_first = (wav.t() if channels_first else wav).contiguous()
+    container = (format or os.path.splitext(os.fspath(uri))[1].lstrip(".") or "wav").upper()
+    if encoding is not None:
+        subtype = _SUBTYPES.get((encoding, bits_per_sample or 16))
+        if subtype is None:
+            raise ScoreError(f"torchaudio.save: encoding {encoding!r} with {bits_per_sample} bits is not supported")
+    else:
+        subtype = _DTYPE_SUBTYPES.get(wav.dtype)
+    if subtype is not None and not soundfile.check_format(container, subtype):
+        subtype = None  # e.g. FLAC holds no float samples: the container's default (16-bit PCM)
+    soundfile.write(os.fspath(uri), frames_first.numpy(), int(sample_rate), subtype=subtype, format=container)
 
 
 def set_audio_backend(backend: str | None) -> None:
@@ -253,14 +305,14 @@ def _torchaudio_lacks(name: str) -> bool:
     return not hasattr(torchaudio, name)
 
 
-def _load_needs_torchcodec() -> bool:
+def _needs_torchcodec(name: str, stand_in: Callable[..., Any]) -> bool:
     import torchaudio
 
-    # torchaudio >= 2.9 decodes through torchcodec only (and names a load_with_torchcodec).
+    # torchaudio >= 2.9 reads and writes through torchcodec only (and names a <name>_with_torchcodec).
     return (
-        hasattr(torchaudio, "load_with_torchcodec")
+        hasattr(torchaudio, f"{name}_with_torchcodec")
         and importlib.util.find_spec("torchcodec") is None
-        and torchaudio.load is not load
+        and getattr(torchaudio, name) is not stand_in
     )
 
 
@@ -284,6 +336,32 @@ def _install_sox_effects() -> None:
     module.apply_effects_file = apply_effects_file
     sys.modules["torchaudio.sox_effects"] = module
     torchaudio.sox_effects = module
+
+
+def _threaded_parallel(*args: Any, **kwargs: Any) -> Any:
+    """``joblib.Parallel`` preferring threads: workers then share this process's shims."""
+    import joblib
+
+    kwargs.setdefault("prefer", "threads")
+    return joblib.Parallel(*args, **kwargs)
+
+
+def _audio_info_in_processes() -> bool:
+    import torchaudio
+
+    native = all(getattr(torchaudio, name, stand_in) is not stand_in
+                 for name, stand_in in (("info", info), ("set_audio_backend", set_audio_backend)))
+    if native:  # worker processes import a torchaudio that has what s3prl calls
+        return False
+    import s3prl.util.audio_info as audio_info
+
+    return audio_info.Parallel is not _threaded_parallel
+
+
+def _install_threaded_audio_info() -> None:
+    import s3prl.util.audio_info as audio_info
+
+    audio_info.Parallel = _threaded_parallel
 
 
 def _hf_lacks(name: str) -> bool:
@@ -321,8 +399,10 @@ SHIMS: dict[str, tuple[Callable[[], bool], Callable[[], None]]] = {
         lambda: _install_torchaudio("set_audio_backend", set_audio_backend),
     ),
     "torchaudio.info": (lambda: _torchaudio_lacks("info"), lambda: _install_torchaudio("info", info)),
-    "torchaudio.load": (_load_needs_torchcodec, lambda: _install_torchaudio("load", load)),
+    "torchaudio.load": (lambda: _needs_torchcodec("load", load), lambda: _install_torchaudio("load", load)),
+    "torchaudio.save": (lambda: _needs_torchcodec("save", save), lambda: _install_torchaudio("save", save)),
     "torchaudio.sox_effects": (_sox_effects_missing, _install_sox_effects),
+    "s3prl.util.audio_info workers": (_audio_info_in_processes, _install_threaded_audio_info),
     "huggingface_hub.HfFolder": (lambda: _hf_lacks("HfFolder"), lambda: _install_hf("HfFolder", HfFolder)),
     "huggingface_hub.Repository": (
         lambda: _hf_lacks("Repository"),

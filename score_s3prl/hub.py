@@ -29,12 +29,16 @@ import os
 import threading
 from typing import Any, Iterator
 
-from s3prl.upstream.hubert import expert as hubert_expert
-from s3prl.upstream.hubert.expert import UpstreamExpert
+from .stack import require_loadable
 
-from . import compat
-from .checkpoint import build_hubert, read_converted
-from .errors import ScoreError
+require_loadable()  # s3prl imports torchaudio: a broken pair stops here with one line
+
+from s3prl.upstream.hubert import expert as hubert_expert  # noqa: E402
+from s3prl.upstream.hubert.expert import UpstreamExpert  # noqa: E402
+
+from . import compat  # noqa: E402
+from .checkpoint import build_hubert, read_converted  # noqa: E402
+from .errors import ScoreError  # noqa: E402
 
 CKPT_ENV = "SCORE_HUBERT_CKPT"
 DEFAULT_CKPT = os.path.join("exp", "score_hubert_base", "score_hubert.pt")

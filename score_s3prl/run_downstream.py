@@ -22,8 +22,20 @@ from __future__ import annotations
 
 import sys
 
-from . import compat, hub, recipes
 from .errors import ScoreError
+
+if __name__ == "__main__":
+    # `python -m score_s3prl.run_downstream`: go through the CLI, which checks that torch and
+    # torchaudio load before anything imports them and prints a ScoreError as one line.
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["downstream", *sys.argv[1:]]))
+
+from .stack import require_loadable  # noqa: E402
+
+require_loadable()  # imported as a library: stop before compat/hub import torchaudio
+
+from . import compat, hub, recipes  # noqa: E402
 
 
 def _one_line(exc: ScoreError) -> ScoreError:
@@ -70,9 +82,3 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = saved_argv
         stock.get_downstream_args = stock_args
     return 0
-
-
-if __name__ == "__main__":
-    from .cli import main as cli_main
-
-    sys.exit(cli_main(["downstream", *sys.argv[1:]]))

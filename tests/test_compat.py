@@ -49,7 +49,12 @@ def test_each_shim_is_missing_on_this_stack_and_works_after_apply(speech_path):
             "torchaudio.set_audio_backend": "import torchaudio; torchaudio.set_audio_backend('sox_io')",
             "torchaudio.info": "import torchaudio; assert torchaudio.info({str(speech_path)!r}).sample_rate == 16000",
             "torchaudio.load": "import torchaudio; assert torchaudio.load({str(speech_path)!r})[1] == 16000",
+            "torchaudio.save": "import torchaudio, tempfile; torchaudio.save(tempfile.mktemp(suffix='.wav'), torch.zeros(1, 80), 16000)",
             "torchaudio.sox_effects": "from torchaudio.sox_effects import apply_effects_file",
+            "s3prl.util.audio_info workers": (
+                "from s3prl.util.audio_info import get_audio_info; import tempfile;"
+                "assert get_audio_info([{str(speech_path)!r}], ['u'], cache_dir=tempfile.mkdtemp(),"
+                " num_workers=2)[0]['sample_rate'] == 16000"),
             "huggingface_hub.HfFolder": "from huggingface_hub import HfFolder",
             "huggingface_hub.Repository": "from huggingface_hub import Repository",
             "torch.load(argparse.Namespace)": (
@@ -113,6 +118,30 @@ def test_load_and_info_stereo_wav(tmp_path):
     meta = torchaudio.info(str(path))
     assert (meta.sample_rate, meta.num_frames, meta.num_channels, meta.bits_per_sample, meta.encoding) == (
         8000, 800, 2, 16, "PCM_S")
+
+
+def test_save_round_trips_like_sox_io(tmp_path, speech):
+    import torchaudio
+
+    loud = torch.stack([speech, -2 * speech])  # float32 beyond [-1, 1]: sox_io kept it (32-bit float)
+    torchaudio.save(tmp_path / "loud.wav", loud, 16000)
+    back, rate = torchaudio.load(tmp_path / "loud.wav")
+    assert rate == 16000 and torch.equal(back, loud)
+    assert torchaudio.info(tmp_path / "loud.wav").encoding == "PCM_F"
+
+    torchaudio.save(tmp_path / "frames_first.wav", loud.t(), 8000, channels_first=False)
+    assert torch.equal(torchaudio.load(tmp_path / "frames_first.wav")[0], loud)
+
+    torchaudio.save(tmp_path / "pcm.wav", speech, 16000, encoding="PCM_S", bits_per_sample=16)
+    meta = torchaudio.info(tmp_path / "pcm.wav")
+    assert (meta.num_channels, meta.bits_per_sample, meta.encoding) == (1, 16, "PCM_S")
+    assert torch.allclose(torchaudio.load(tmp_path / "pcm.wav")[0][0], speech, atol=1 / 32768)
+
+    torchaudio.save(tmp_path / "speech.flac", speech, 16000)  # FLAC holds no floats: 16-bit PCM
+    meta = torchaudio.info(tmp_path / "speech.flac")
+    assert (meta.encoding, meta.bits_per_sample) == ("FLAC", 16)
+    with pytest.raises(ScoreError, match="encoding 'PCM_X'"):
+        torchaudio.save(tmp_path / "bad.wav", speech, 16000, encoding="PCM_X")
 
 
 def test_info_flac(speech_path, speech):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_superb(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     result = subprocess.run([str(REPO / "run_superb.sh"), *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1",
+                                 "SCORE_S3PRL_PYTHON": sys.executable})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 

@@ -1,0 +1,81 @@
+"""The guard at first use: stop with one line when torch's compiled companions cannot load.
+
+A wheel of torchaudio is built against one torch ABI; pip only checks the version range in its
+metadata, so an environment can hold a torchaudio that dies on import (measured: torchaudio
+2.11.1 beside torch 2.11.0 fails with ``undefined symbol:
+torch_exception_get_what_without_backtrace``). Every entry point (the ``score-s3prl`` CLI and so
+``run_superb.sh``, the downstream launcher, the hub entries) calls :func:`require_loadable`
+before it imports anything that imports torchaudio, and a user sees one line naming both
+installed versions and the pip command that fixes it, instead of a traceback.
+
+This module imports nothing heavy itself: it must run before the imports it guards.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+
+from .errors import ScoreError
+
+# Pairs whose whole test suite passed (README "Installing"); the lock holds the first.
+TESTED_PAIRS: dict[str, str] = {  # torch release -> torchaudio release built for it
+    "2.11.0": "2.11.0",
+    "2.13.0": "2.11.1",
+    "2.14.1": "2.11.1",
+}
+LOCKED_TORCH, LOCKED_TORCHAUDIO = "2.11.0", "2.11.0"
+
+# Compiled modules built against torch's ABI, in the order they depend on each other.
+COMPILED = ("torch", "torchaudio")
+
+_checked = False
+
+
+class StackError(ScoreError):
+    """An installed compiled dependency cannot be loaded in this environment."""
+
+
+def installed_version(distribution: str) -> str:
+    """The installed version of ``distribution`` ("not installed" when absent)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def fix_command(torch_version: str) -> str:
+    """The pip command that pairs a loadable torchaudio with ``torch_version``."""
+    release = torch_version.split("+")[0]
+    if release in TESTED_PAIRS:
+        return f"pip install 'torchaudio=={TESTED_PAIRS[release]}'"
+    return f"pip install 'torch=={LOCKED_TORCH}' 'torchaudio=={LOCKED_TORCHAUDIO}'"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def require_loadable() -> None:
+    """Import torch and torchaudio; on failure raise one :class:`StackError` line.
+
+    Cheap after the first successful call in a process.
+
+    Raises:
+        StackError: naming the module that failed, why (the loader's first line), the installed
+            torch and torchaudio versions, and the pip command that fixes the pair.
+    """
+    global _checked
+    if _checked:
+        return
+    for module in COMPILED:
+        try:
+            importlib.import_module(module)
+        except (ImportError, OSError, RuntimeError) as exc:  # what a broken shared library raises
+            torch_version = installed_version("torch")
+            raise StackError(
+                f"{module} cannot be loaded ({_first_line(exc)}); installed: torch {torch_version}, "
+                f"torchaudio {installed_version('torchaudio')}; fix: {fix_command(torch_version)}"
+            ) from None
+    _checked = True
