@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=3, help="timed updates (after one warm-up)")
     parser.add_argument("--data", default=str(data_root), help="LibriSpeech-layout root")
     parser.add_argument("--subsets", default=subsets, help="comma-separated subsets")
+    parser.add_argument("--utterances", type=int, default=PAPER_UTTERANCES,
+                        help="utterances per update (the paper: 8; fewer for a quick CPU run)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,6 +84,7 @@ def main() -> None:
             "init": str(init), "data.root": args.data, "data.subsets": args.subsets.split(","),
             "out": str(Path(tmp) / "run"), "device": args.device, "log_every": 1,
             "save_every": 10**9, "optim.total_updates": args.updates + 1,
+            "optim.utterances_per_update": args.utterances,
         })
         train(cfg)
         seconds, audio, updates = timed_updates(Path(tmp) / "run" / "train_log.csv")
