@@ -168,7 +168,7 @@ def pair_divergences(
             most this many cells (one pair alone may exceed it).
         progress: a tqdm bar advanced by the number of pairs done.
     Returns:
-        (P,) float64 divergences, in the order of the pairs. A pair's value does not depend on
+        (P,) float64 divergences, in the order of the pairs (x and y of a pair share D). A pair's value does not depend on
         the group it was computed in (the kernel is masked per pair).
     """
     from .softdtw import soft_dtw_divergence
@@ -176,14 +176,17 @@ def pair_divergences(
     if len(xs) != len(ys):
         raise ScoreError(f"pair_divergences: {len(xs)} x sequences but {len(ys)} y sequences")
     out = torch.empty(len(xs), dtype=torch.float64)
-    order = sorted(range(len(xs)), key=lambda i: (xs[i].shape[0] * ys[i].shape[0], i))
+    # Similar sizes together (little padding); a group never mixes frame widths (layers of
+    # different widths can come in one call).
+    order = sorted(range(len(xs)), key=lambda i: (xs[i].shape[-1], xs[i].shape[0] * ys[i].shape[0], i))
     start = 0
     while start < len(order):
         stop, rows, cols = start, 0, 0
         while stop < len(order):
             i = order[stop]
             n, m = max(rows, xs[i].shape[0]), max(cols, ys[i].shape[0])
-            if stop > start and (stop - start + 1) * n * m > max_cells:
+            if stop > start and ((stop - start + 1) * n * m > max_cells
+                                 or xs[i].shape[-1] != xs[order[start]].shape[-1]):
                 break
             rows, cols, stop = n, m, stop + 1
         group = order[start:stop]
