@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import io
 import math
@@ -207,19 +208,21 @@ def length_floor(x_lengths: Sequence[int], y_lengths: Sequence[int], gamma: floa
     It depends on the two lengths only: what a fully collapsed representation gives.
     Returns (P,) float64.
     """
-    from .softdtw import soft_dtw_from_cost
-
-    cache: dict[tuple[int, int], float] = {}
-
     def sdtw(n: int, m: int) -> float:
-        if (n, m) not in cache:
-            cache[(n, m)] = float(soft_dtw_from_cost(torch.zeros(1, n, m), gamma=gamma)[0])
-        return cache[(n, m)]
+        return _zero_cost_soft_dtw(n, m, float(gamma))
 
     return torch.tensor(
         [(sdtw(n, m) - (sdtw(n, n) + sdtw(m, m)) / 2) / (n + m) for n, m in zip(x_lengths, y_lengths)],
         dtype=torch.float64,
     )
+
+
+@functools.lru_cache(maxsize=65536)
+def _zero_cost_soft_dtw(n: int, m: int, gamma: float) -> float:
+    """Soft-DTW of an all-zero n x m cost matrix (cached: every layer and upstream asks again)."""
+    from .softdtw import soft_dtw_from_cost
+
+    return float(soft_dtw_from_cost(torch.zeros(1, n, m), gamma=gamma)[0])
 
 
 def layer_frames(upstream: Upstream, wav: torch.Tensor, device: str | torch.device = "cpu") -> list[torch.Tensor]:
