@@ -117,6 +117,26 @@ def test_identity_like_features_are_far_from_invariant_to_speed_and_pitch(assets
         assert math.isclose(row.value, row.same_utterance / row.different_utterance)
 
 
+class Scaled(nn.Module):
+    """Another model's frames times 10 per layer: the same directions, larger norms."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, wavs):
+        return {"hidden_states": [10 * h for h in self.inner(wavs)["hidden_states"]]}
+
+
+def test_frames_are_l2_normalised_so_feature_scale_does_not_matter(assets_dir, speech):
+    frames = probe.layer_frames(LogMel(), speech[:16000])
+    assert [f.shape for f in frames] == [(51, 40), (51, 16)]
+    assert all(torch.allclose(f.norm(dim=-1), torch.ones(51)) for f in frames)
+    plain, scaled = run(LogMel(), held_out(assets_dir)), run(Scaled(LogMel()), held_out(assets_dir))
+    for a, b in zip(plain, scaled):
+        assert a.value == pytest.approx(b.value, rel=1e-4)
+
+
 @pytest.mark.parametrize("max_seconds", [3.0, None])
 def test_collapse_is_flagged_not_reported_as_invariance(assets_dir, max_seconds):
     # Identical frames everywhere: both divergences are only the length floor, which is 0 for
