@@ -22,7 +22,9 @@ shrinks with it, so the ratio does not reward collapse.
 Collapse itself: with identical frames everywhere the cost matrix is all zeros, and the
 divergence is not 0 but a small *length floor* that depends only on the two lengths (soft-DTW
 with zero cost is -gamma log(number of alignment paths)). A fully collapsed model therefore
-gives neither 0/0 nor 0, but floor/floor: a number with no meaning. Each row reports that floor
+gives neither 0/0 nor 0, but floor/floor: a number with no meaning, and a dangerous one. For a
+constant model on the bundled test-other speech it is 0 for pitch shifts (a view keeps its
+length, so its floor is 0) and 0.11-0.16 for speed: it would look invariant. Each row reports that floor
 for the neighbour pairs; when the different-utterance divergence does not exceed it by more than
 :data:`COLLAPSE_TOLERANCE`, the row is flagged ``collapsed`` and its ``value`` is NaN (a NaN
 cannot be mistaken for invariance in a table, a mean or a plot); the raw columns stay.
@@ -373,12 +375,9 @@ def parse_upstream(spec: str) -> tuple[str, str]:
     return name.strip(), ckpt
 
 
-def load_upstream(name: str, checkpoint: str = "", device: str | torch.device = "cpu") -> nn.Module:
-    """An s3prl hub entry (ours registered too), called with ``ckpt=checkpoint`` when one is given.
-
-    Any failure (unknown entry, missing or unreadable checkpoint, a download that cannot
-    happen) is one :class:`ScoreError` naming the entry and the file.
-    """
+def check_upstream(name: str, checkpoint: str = "") -> Callable:
+    """The hub entry for ``name`` (ours registered too), after checking it exists and that a
+    local ``checkpoint`` is a file; cheap, so every upstream is checked before any work."""
     from . import hub
 
     hub.register()  # compat.apply() first, then our entries beside s3prl's
@@ -389,6 +388,16 @@ def load_upstream(name: str, checkpoint: str = "", device: str | torch.device = 
         raise ScoreError(f"unknown upstream {name!r}: not an s3prl hub entry (e.g. hubert_local, score_hubert_local)")
     if checkpoint and "://" not in checkpoint and not os.path.isfile(checkpoint):
         raise ScoreError(f"{checkpoint}: checkpoint for upstream {name!r} not found")
+    return entry
+
+
+def load_upstream(name: str, checkpoint: str = "", device: str | torch.device = "cpu") -> nn.Module:
+    """An s3prl hub entry (ours registered too), called with ``ckpt=checkpoint`` when one is given.
+
+    Any failure (unknown entry, missing or unreadable checkpoint, a download that cannot
+    happen) is one :class:`ScoreError` naming the entry and the file.
+    """
+    entry = check_upstream(name, checkpoint)
     try:
         model = entry(ckpt=checkpoint) if checkpoint else entry()
     except ScoreError:
@@ -441,6 +450,9 @@ def probe_upstreams(
     specs = [parse_upstream(u) if isinstance(u, str) else (u[0], u[1] or "") for u in upstreams]
     if not specs:
         raise ScoreError("no upstream to probe: give --upstream NAME[=CKPT]")
+    if loader is load_upstream:  # fail on a bad name or path before minutes of work, not after
+        for name, ckpt in specs:
+            check_upstream(name, ckpt)
     wavs = load_utterances(audio_files, max_seconds)
     views = {}
     for pert in tqdm(perturbations, desc="views", unit="perturbation", disable=not progress, leave=False):
