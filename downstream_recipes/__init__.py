@@ -1,7 +1,8 @@
 """SUPERB recipes the registry's s3prl lacks: configs, vocabularies, the libriphone corpus.
 
 Plain files beside this module, installed with the package so the recipes run from any
-directory; :mod:`score_s3prl.recipes` plugs them into stock s3prl.
+directory; :mod:`score_s3prl.recipes` describes each task (:data:`score_s3prl.recipes.RECIPES`)
+and plugs them into stock s3prl.
 
 =================  ======================  ==================================================
 ``-d``             config                  assets
@@ -23,10 +24,4 @@ from __future__ import annotations
 from pathlib import Path
 
 RECIPE_DIR = Path(__file__).resolve().parent
-RECIPES = {"asr": "asr.yaml", "ctc": "libriphone.yaml", "quesst14_dtw": "quesst14_dtw.yaml"}  # -d -> config
-
-
-def config_path(downstream: str) -> Path | None:
-    """Our config for ``-d downstream``, or None when we ship none."""
-    name = RECIPES.get(downstream)
-    return RECIPE_DIR / name if name else None
+# Which config serves which task and s3prl -d: score_s3prl.recipes.RECIPES (the one recipe table).

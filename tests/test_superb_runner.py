@@ -391,7 +391,7 @@ def test_missing_data_roots(env, monkeypatch):
     fails_before_start(env, r"dev-clean: split folder not found \(present: test-clean, train-clean-100\)",
                        *libri, task="asr")
     (env["libri"] / "dev-clean").mkdir()
-    fails_before_start(env, r"dev-clean: no .flac files", *libri, task="asr")
+    fails_before_start(env, r"dev-clean: no .flac or .wav files", *libri, task="asr")
 
 
 def test_word_missing_from_the_lexicon(env):

@@ -52,50 +52,24 @@ from typing import Any, Sequence
 
 import yaml
 
-from .. import recipes
+from .. import corpora, recipes
 from ..errors import ScoreError
 from ..hashing import file_sha256, json_hash
-from . import demo_data, mtwv, prepare, results
+from ..recipes import RECIPES, DataPaths
+from . import demo_data, mtwv, results
 from .metrics import recipe_error_rate
 from .stages import Pipeline, Stage
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = [sys.executable, "-m", "score_s3prl.run_downstream"]  # stock s3prl run_downstream.py, with our recipes
 SCORE_CLI = [sys.executable, "-m", "score_s3prl.cli"]
-SPLITS = prepare.SPLITS  # LibriSpeech splits the ASR and PR recipes read
+SPLITS = corpora.SPLITS  # LibriSpeech splits the ASR and PR recipes read
 LAST_LAYER = -1  # QbE layer the SCORE paper evaluated
 ENV = {"libri_root": "LIBRISPEECH_ROOT", "quesst_root": "QUESST14_ROOT", "lexicon": "LIBRISPEECH_LEXICON"}
 DEFAULT_UPSTREAMS = ("hubert_base", "score_hubert")  # score_hubert: -k from $SCORE_HUBERT_CKPT
 
 
-@dataclass(frozen=True)
-class Task:
-    """How one SUPERB task runs on s3prl (see the module docstring's table)."""
-
-    downstream: str  # s3prl -d
-    metric: str  # results CSV metric
-    lower_is_better: bool
-    test_split: str  # s3prl -t of the reported evaluation
-    best_checkpoint: str | None  # what training saves for the best dev score; None: no training
-    paper: dict[str, Any]  # settings of the SCORE paper's evaluation beyond the recipe config
-    workers: tuple[str, ...]  # config keys of dataloader worker counts (--workers)
-    demo: dict[str, Any]  # tiny-model settings of the demo
-
-
-TASKS = {
-    "asr": Task("asr", "wer", True, "test-clean", "dev-clean-best.ckpt", {},
-                ("config.downstream_expert.datarc.num_workers",),
-                {"config.downstream_expert.datarc.batch_size": 4,
-                 "config.downstream_expert.modelrc.project_dim": 16,
-                 "config.downstream_expert.modelrc.RNNs.dim": [16, 16]}),
-    "pr": Task("ctc", "per", True, "test", "dev-best.ckpt", {"config.optimizer.lr": 5.0e-4},
-               ("config.downstream_expert.corpus.num_workers",),
-               {"config.runner.gradient_accumulate_steps": 1,
-                "config.downstream_expert.corpus.batch_size": 2}),
-    "qbe": Task("quesst14_dtw", "mtwv", False, "test", None, {},
-                ("config.downstream_expert.datarc.num_workers",),
-                {"config.downstream_expert.max_workers": 1}),
-}  # fmt: skip
+TASKS = RECIPES  # task name -> its Recipe (score_s3prl.recipes, the one recipe table)
 TASK_CHOICES = (*TASKS, "all", "demo")
 
 # QbE: s3prl's -t dev reads the dev queries, any other split the eval queries
@@ -225,7 +199,7 @@ def check_lexicon(lexicon: Path, words: dict[str, dict[str, list[str]]]) -> None
     from s3prl.downstream.ctc.corpus.libriphone import read_lexicon
     from s3prl.downstream.ctc.text import load_text_encoder
 
-    config = recipes.config_path("ctc")
+    config = RECIPES["pr"].config_path
     vocab = config.parent / yaml.safe_load(config.read_text())["downstream_expert"]["text"]["vocab_file"]
     entries = read_lexicon([lexicon], load_text_encoder("word", str(vocab)))
     for split, utterances in words.items():
@@ -235,7 +209,7 @@ def check_lexicon(lexicon: Path, words: dict[str, dict[str, list[str]]]) -> None
                 raise ScoreError(
                     f"{lexicon}: no entry for the word {missing[0]!r} (utterance {utterance} in {split}); "
                     f"add it, or leave out --lexicon and ${ENV['lexicon']} to have a lexicon written "
-                    f"from CMUdict (unknown words -> {prepare.OOV_PHONE})"
+                    f"from CMUdict (unknown words -> {corpora.OOV_PHONE})"
                 )
 
 
@@ -250,15 +224,16 @@ def check_inputs(settings: Settings) -> None:
         ScoreError: naming the option or file at fault.
     """
     results.check_results_file(settings.results)
-    if {"asr", "pr"} & set(settings.tasks):
+    roots = {root for task in settings.tasks for root in RECIPES[task].data_roots}
+    if "libri_root" in roots:
         libri = _root(settings.libri_root, "--libri-root", "libri_root", "LibriSpeech root")
-        words = {split: prepare.transcripts(prepare.split_files(libri, split)) for split in SPLITS}
-        if "pr" in settings.tasks and settings.lexicon is not None:
+        words = {split: corpora.transcripts(corpora.split_files(libri, split)) for split in SPLITS}
+        if settings.lexicon is not None and any(RECIPES[t].given_instead == "lexicon" for t in settings.tasks):
             check_lexicon(settings.lexicon, words)
-    if "qbe" in settings.tasks:
+    if "quesst_root" in roots:
         quesst = _root(settings.quesst_root, "--quesst-root", "quesst_root", "QUESST 2014 root")
         for split in qbe_splits(settings):
-            prepare.check_quesst(quesst, QBE_LANGUAGE_KEY[split])
+            corpora.check_quesst(quesst, QBE_LANGUAGE_KEY[split])
             # parsed now: a bad ground truth must not wait until the (long) evaluation is over
             mtwv.scored_queries(mtwv.load_groundtruth(quesst / "scoring" / QBE_GROUNDTRUTH[split]))
     check_upstreams(settings.upstreams)
@@ -269,7 +244,7 @@ def check_inputs(settings: Settings) -> None:
 
 def override(values: dict[str, Any]) -> list[str]:
     """``["-o", "k=v,,k=v"]``, or nothing for no values."""
-    return ["-o", prepare.override(values)] if values else []
+    return ["-o", corpora.override(values)] if values else []
 
 
 class Planner:
@@ -279,65 +254,58 @@ class Planner:
         self.settings = settings
         self.env = dict(settings.env)
         self.score_stages: list[Stage] = []  # every stage that yields result rows, in order
-        self.appended = 0  # rows appended to the results CSV by this invocation
         self.digests: dict[str | None, str | None] = {}  # upstream checkpoint -> checkpoint_digest
+        self._prepare: dict[str, Stage] = {}  # task -> its preparation stage, shared by the upstreams
 
     @property
     def prepared(self) -> Path:
         return self.settings.out / "prepared"
 
-    @cached_property
-    def prepare_asr(self) -> Stage:
-        libri, out = self.settings.libri_root, self.prepared / "asr"
+    def data_paths(self, task: str) -> DataPaths:
+        """Where ``task``'s data is; its preparation writes under ``<out>/prepared/<task>``."""
+        s = self.settings
+        return DataPaths(prepared=self.prepared / task, libri_root=s.libri_root, quesst_root=s.quesst_root,
+                         lexicon=s.lexicon, splits=SPLITS)
 
-        def action() -> dict[str, Any]:
-            return {"overrides": prepare.prepare_asr(libri, out, SPLITS)}
+    def prepare_stages(self, task: str) -> list[Stage]:
+        """The stage writing ``task``'s prepared files (built once per task), or none when the
+        recipe needs none or the user gave what it would write."""
+        recipe, paths = RECIPES[task], self.data_paths(task)
+        if recipe.prepare is None or (recipe.given_instead and getattr(paths, recipe.given_instead)):
+            return []
+        if task not in self._prepare:
+            prepare = recipe.prepare
 
-        return Stage("prepare/asr", self.prepared, "asr", action=action, clean=out,
-                     describe=f"length tables of {', '.join(SPLITS)} -> {out}",
-                     settings={"libri_root": str(libri), "splits": SPLITS})
+            def action() -> dict[str, Any]:
+                prepare(paths)
+                return {"overrides": corpora.override(recipe.data_overrides(paths))}
 
-    @cached_property
-    def prepare_pr(self) -> Stage:
-        libri, out = self.settings.libri_root, self.prepared / "pr"
-
-        def action() -> dict[str, Any]:
-            return {"overrides": prepare.prepare_pr(libri, out, SPLITS)}
-
-        return Stage("prepare/pr", self.prepared, "pr", action=action,
-                     describe=f"lexicon of {', '.join(SPLITS)} from CMUdict -> {self.lexicon}",
-                     settings={"libri_root": str(libri), "splits": SPLITS})
-
-    @property
-    def lexicon(self) -> Path:
-        return self.settings.lexicon or self.prepared / "pr" / "lexicon.txt"
+            self._prepare[task] = Stage(
+                f"prepare/{task}", self.prepared, task, action=action,
+                clean=paths.prepared, describe=f"{recipe.prepare.__doc__ or 'prepare'} ({', '.join(SPLITS)}) -> "
+                                               f"{paths.prepared}",
+                settings={**{root: str(getattr(paths, root)) for root in recipe.data_roots}, "splits": SPLITS})
+        return [self._prepare[task]]
 
     def data_overrides(self, task: str) -> dict[str, Any]:
-        """The ``-o`` keys that point ``task``'s recipe at the data (the same as the ``prepare_*``
-        functions return, known before they run: a dry run prints them)."""
-        s = self.settings
-        expert = "config.downstream_expert"
-        if task == "asr":
-            return {f"{expert}.datarc.libri_root": str(s.libri_root),
-                    f"{expert}.datarc.bucket_file": str(self.prepared / "asr")}
-        if task == "pr":
-            return {f"{expert}.corpus.path": str(s.libri_root), f"{expert}.corpus.lexicon": [str(self.lexicon)]}
-        return {f"{expert}.datarc.dataset_root": str(s.quesst_root)}
+        """The ``-o`` keys that point ``task``'s recipe at the data (known before preparation
+        runs: a dry run prints them)."""
+        return RECIPES[task].data_overrides(self.data_paths(task))
 
     def setting_overrides(self, task: str) -> dict[str, Any]:
         """The ``-o`` keys of the evaluation protocol: paper settings, demo, --steps, --workers."""
         spec, s = TASKS[task], self.settings
-        values = {**spec.paper, **(spec.demo if s.demo else {})}
+        values = {**spec.paper_settings, **(spec.demo_settings if s.demo else {})}
         if s.workers is not None:
-            values.update(dict.fromkeys(spec.workers, s.workers))
+            values.update(dict.fromkeys(spec.worker_keys, s.workers))
         if s.steps is not None and spec.best_checkpoint:
-            runner = yaml.safe_load(recipes.config_path(spec.downstream).read_text())["runner"]
+            runner = yaml.safe_load(spec.config_path.read_text())["runner"]
             values["config.runner.total_steps"] = s.steps
             for key in ("eval_step", "save_step", "log_step"):  # so that a short run still saves
                 values[f"config.runner.{key}"] = min(runner[key], s.steps)
         return values
 
-    def weights(self, upstream: Upstream) -> dict[str, str | None]:
+    def upstream_digest(self, upstream: Upstream) -> dict[str, str | None]:
         """Stage settings naming the upstream's weights by content, so that new weights saved at
         the same path (a re-run fine-tuning) are trained on and evaluated again, not skipped."""
         if upstream.ckpt not in self.digests:
@@ -355,8 +323,7 @@ class Planner:
         for task in self.settings.tasks:
             baseline_score = None
             for upstream in self.settings.upstreams:
-                chain = self.qbe(upstream, baseline_score) if task == "qbe" else \
-                    self.trained(task, upstream, baseline_score)
+                chain = getattr(self, RECIPES[task].plan)(task, upstream, baseline_score)
                 baseline_score = baseline_score or [s for s in chain if s in self.score_stages]
                 out += chain
         return out
@@ -365,7 +332,7 @@ class Planner:
         """ASR / PR: prepare, train, evaluate the best dev checkpoint on the test split, score."""
         spec, s = TASKS[task], self.settings
         run = s.out / task / upstream.label
-        prep = [self.prepare_asr] if task == "asr" else [] if s.lexicon else [self.prepare_pr]
+        prep = self.prepare_stages(task)
         train_dir, eval_dir = run / "train", run / spec.test_split
         best = train_dir / spec.best_checkpoint
 
@@ -382,7 +349,7 @@ class Planner:
 
         train = Stage(f"{task}/{upstream.label}/train", run, "train", command=train_command, deps=tuple(prep),
                       cwd=run, env=self.env, clean=train_dir, action=lambda: {"checkpoint": chosen_checkpoint(best)},
-                      describe="pick the checkpoint to evaluate", settings=self.weights(upstream),
+                      describe="pick the checkpoint to evaluate", settings=self.upstream_digest(upstream),
                       resume=resume_command)
 
         def eval_command() -> list[str]:
@@ -397,14 +364,14 @@ class Planner:
             rate = recipe_error_rate(eval_dir, task, spec.test_split)
             row = self.row(task, spec.metric, upstream, spec.test_split, rate.percent, eval_dir,
                            self.row_hash(task, upstream, spec.test_split, None), baseline)
-            return self.record([row], dataclasses.asdict(rate))
+            return scored_rows([row], dataclasses.asdict(rate))
 
         scored = self.score_stage(f"{task}/{upstream.label}/score", run, f"score-{spec.test_split}", score,
                                   (evaluate, *(baseline or ())),
                                   f"{spec.metric.upper()} from {eval_dir}/*-hyp.ark and *-ref.ark")
         return [*prep, train, evaluate, scored]
 
-    def qbe(self, upstream: Upstream, baseline: list[Stage] | None) -> list[Stage]:
+    def qbe(self, task: str, upstream: Upstream, baseline: list[Stage] | None) -> list[Stage]:
         """QbE: evaluate on test with ``--qbe-layer``, then the dev sweep; score each with MTWV."""
         s = self.settings
         runs = [("test", s.qbe_layer, "test" if s.qbe_layer == LAST_LAYER else f"test-layer{s.qbe_layer}")]
@@ -424,7 +391,7 @@ class Planner:
                    *override({**self.data_overrides("qbe"), **self.setting_overrides("qbe")})]
         evaluate = Stage(f"qbe/{upstream.label}/evaluate-{label}", run, f"evaluate-{label}",
                          command=lambda: command, cwd=run, env=self.env, clean=eval_dir,
-                         settings=self.weights(upstream))
+                         settings=self.upstream_digest(upstream))
         stdlist = eval_dir / "benchmark.stdlist.xml"
         truth = QBE_GROUNDTRUTH[split]
 
@@ -435,7 +402,7 @@ class Planner:
             rows = [self.row("qbe", "mtwv", upstream, label, native.max_twv, eval_dir, config, baseline)]
             if official is not None:
                 rows.append(self.row("qbe", "mtwv_official", upstream, label, official, eval_dir, config, baseline))
-            return self.record(rows, {**mtwv.as_json(native), "official_mtwv": official})
+            return scored_rows(rows, {**mtwv.as_json(native), "official_mtwv": official})
 
         scored = self.score_stage(f"qbe/{upstream.label}/score-{label}", run, f"score-{label}", score,
                                   (evaluate, *(baseline or ())),
@@ -463,11 +430,18 @@ class Planner:
             git_commit=results.git_commit(), config_hash=config, relative_gain_pct=gain,
         )  # fmt: skip
 
-    def record(self, rows: list[results.ResultRow], detail: dict[str, Any]) -> dict[str, Any]:
-        """Append ``rows`` to the results CSV; the score stage's outputs."""
-        results.append_results(self.settings.results, rows)
-        self.appended += len(rows)
-        return {"rows": [dataclasses.asdict(r) for r in rows], "detail": detail}
+
+def scored_rows(rows: list[results.ResultRow], detail: dict[str, Any]) -> dict[str, Any]:
+    """A score stage's outputs: its result ``rows`` (appended to the results CSV by the caller,
+    :func:`record_results`) and the measurement's ``detail``."""
+    return {"rows": [dataclasses.asdict(r) for r in rows], "detail": detail}
+
+
+def record_results(csv_path: Path, stage: Stage) -> int:
+    """Append the rows a score stage just produced to the results CSV; returns how many."""
+    rows = rows_of([stage])
+    results.append_results(csv_path, rows)
+    return len(rows)
 
 
 def checkpoint_digest(ckpt: str | None) -> str | None:
@@ -643,8 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (settings.demo and args.dry_run):  # a demo dry run has not built what it would check
         check_inputs(settings)
     planner = Planner(settings)
+    appended = 0  # rows appended to the results CSV by this invocation
     for stage in planner.stages():
-        pipeline.run(stage)
+        # a score stage that ran now has new rows; one done before recorded its rows then
+        if pipeline.run(stage) and stage in planner.score_stages:
+            appended += record_results(settings.results, stage)
     if args.dry_run:
         return 0
     rows = rows_of(planner.score_stages)
@@ -652,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(r.relative_gain_pct is not None for r in main_rows(rows)):
         results.plot_gains(main_rows(rows), settings.plot)
         pipeline.say(f"gains chart: {settings.plot}")
-    pipeline.say(f"{planner.appended} rows appended to {settings.results}")
+    pipeline.say(f"{appended} rows appended to {settings.results}")
     if settings.demo:
         pipeline.say(DEMO_NOTICE)
     return 0
