@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SUPERB ASR / PR / QbE, baseline vs SCORE: `./run_superb.sh <asr|pr|qbe|all|demo> [options]`.
-# A thin wrapper around `score-s3prl superb` (score_s3prl/superb/runner.py); --help lists the options.
+# A thin wrapper around `score-s3prl superb` (score_s3prl/superb/cli.py); --help lists the options.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -17,7 +17,7 @@ SUBCOMMANDS = {
     "finetune": ("score_s3prl.train", "SCORE fine-tuning: pretrained HuBERT in, s3prl upstream out"),
     "make-tiny": ("score_s3prl.tiny", "write a tiny random HuBERT checkpoint (tests, demos)"),
     "qbe-score": ("score_s3prl.superb.mtwv", "MTWV of a QbE stdlist against QUESST14 ground truth"),
-    "superb": ("score_s3prl.superb.runner", "SUPERB ASR / PR / QbE, baseline vs SCORE (run_superb.sh)"),
+    "superb": ("score_s3prl.superb.cli", "SUPERB ASR / PR / QbE, baseline vs SCORE (run_superb.sh)"),
 }
 
 

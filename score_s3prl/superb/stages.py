@@ -60,6 +60,10 @@ class Stage:
         clean: a folder the stage owns; emptied before the stage runs (unless it resumes).
         resume: builds the argv that continues a died attempt of the same key, or returns None
             when that attempt left nothing to continue from (a long training's checkpoints).
+        at_run: completes the planned argv just before it runs with what only the outputs of
+            earlier stages tell (the checkpoint a training chose). Not part of the key: a
+            stage's key depends on its settings, its planned command and its dependencies'
+            stamps, never on reading another stage's output files.
     """
 
     name: str
@@ -74,6 +78,7 @@ class Stage:
     env: dict[str, str] = field(default_factory=dict)
     clean: Path | None = None
     resume: Callable[[], list[str] | None] | None = None
+    at_run: Callable[[list[str]], list[str]] | None = None
 
     @property
     def marker(self) -> Path:
@@ -236,7 +241,9 @@ class Pipeline:
         if stage.command:
             if stage.resume:
                 atomic_write_text(stage.attempt, json.dumps({"key": key}) + "\n")
-            argv = argv if argv is not None else stage.command()
+            if argv is None:
+                argv = stage.command()
+                argv = stage.at_run(argv) if stage.at_run else argv
             self.say(f"$ {stage.shell_line(argv)}")
             self.say(f"[{stage.name}] running; output in {stage.log}")
             run_command(stage, self.terminal, argv)
