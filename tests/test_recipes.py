@@ -77,6 +77,7 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_asr_trains_evaluates_and_reloads(data, tiny_ckpt, tmp_path):
     out = ok(launch(tmp_path, "-m", "train", "-u", "score_hubert_local", "-k", str(tiny_ckpt), "-d", "asr",
                     "-p", "exp", "--device", "cpu", "-o", data["asr"] + ",," + corpora.override(ASR_TINY)))
@@ -92,6 +93,7 @@ def test_asr_trains_evaluates_and_reloads(data, tiny_ckpt, tmp_path):
     assert (exp / "test-clean-noLM-hyp.ark").read_text().splitlines() == dev
 
 
+@pytest.mark.slow
 def test_pr_trains_evaluates_and_reloads(data, tiny_ckpt, tmp_path):
     out = ok(launch(tmp_path, "-m", "train", "-u", "score_hubert_local", "-k", str(tiny_ckpt), "-d", "ctc",
                     "-p", "exp", "--device", "cpu", "-o", data["pr"] + ",," + corpora.override(PR_TINY)))
@@ -105,6 +107,7 @@ def test_pr_trains_evaluates_and_reloads(data, tiny_ckpt, tmp_path):
     assert (exp / "test-hyp.ark").read_text() == (exp / "dev-hyp.ark").read_text()
 
 
+@pytest.mark.slow
 def test_qbe_writes_stdlist(data, tiny_ckpt, tmp_path):
     ok(launch(tmp_path, "-m", "evaluate", "-t", "dev", "-u", "score_hubert_local", "-k", str(tiny_ckpt),
               "-d", "quesst14_dtw", "-l", "-1", "-p", "exp", "--device", "cpu", "-o",
@@ -118,12 +121,14 @@ def test_qbe_writes_stdlist(data, tiny_ckpt, tmp_path):
         assert all(float(e.get("score")) == float(e.get("score")) for e in term.findall("term"))  # no NaN
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_is_one_error_line(data, tmp_path):
     result = launch(tmp_path, "-m", "evaluate", "-t", "dev", "-u", "score_hubert_local", "-k", "nope.pt",
                     "-d", "quesst14_dtw", "-p", "exp", "--device", "cpu", "-o", data["qbe"])
     assert error_line(result) == "error: nope.pt: checkpoint not found"
 
 
+@pytest.mark.slow
 def test_corrupt_audio_in_a_worker_is_one_error_line(data, tiny_ckpt, tmp_path):
     corpus = tmp_path / "LibriSpeech"
     shutil.copytree(data["libri"], corpus)

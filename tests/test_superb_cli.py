@@ -145,6 +145,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 # --- results rows, skipping, --force ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rows_gains_and_plot(env):
     assert run(env, "all") == 0
     rows = read_rows(env["csv"])
@@ -170,6 +171,7 @@ def test_rows_gains_and_plot(env):
         assert overrides(marker["outputs"]["overrides"]).items() <= overrides(train[-1]).items()
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_stages_and_force_redoes_them(env, capsys):
     run(env, "asr")
     first = len(launches(env))
@@ -187,6 +189,7 @@ def test_rerun_skips_finished_stages_and_force_redoes_them(env, capsys):
     assert len(read_rows(env["csv"])) == 4
 
 
+@pytest.mark.slow
 def test_changed_or_broken_stages_rerun_with_what_depends_on_them(env):
     run(env, "pr")
     assert len(launches(env)) == 4
@@ -206,6 +209,7 @@ def test_changed_or_broken_stages_rerun_with_what_depends_on_them(env):
     assert [argv[argv.index("-m") + 1] for argv in launches(env)[7:]] == ["train", "evaluate"] * 2
 
 
+@pytest.mark.slow
 def test_new_weights_at_the_same_path_are_evaluated_again(env):
     run(env, "all")
     assert len(launches(env)) == 10  # per upstream: ASR and PR train + evaluate, QbE evaluate
@@ -221,6 +225,7 @@ def test_new_weights_at_the_same_path_are_evaluated_again(env):
         ("qbe", "score_hubert_local", pytest.approx(2 / 3))]
 
 
+@pytest.mark.slow
 def test_failed_stage_names_itself_and_its_log(env, monkeypatch):
     monkeypatch.setenv("FAKE_FAIL", "score_hubert_local -k")
     with pytest.raises(StageError) as error:
@@ -236,6 +241,7 @@ def test_failed_stage_names_itself_and_its_log(env, monkeypatch):
     assert [argv[argv.index("-m") + 1] for argv in launches(env)[3:]] == ["train", "evaluate"]
 
 
+@pytest.mark.slow
 def test_died_training_resumes_from_its_states_checkpoint(env, monkeypatch):
     monkeypatch.setenv("FAKE_DIE", "score_hubert_local -k")
     with pytest.raises(StageError, match="killed after saving states-5.ckpt"):
