@@ -14,9 +14,10 @@ For each upstream (``--upstream NAME[=CKPT]``, repeatable, the first is the base
   paper), MTWV computed natively from ``benchmark.stdlist.xml`` (and by the official script when
   the QUESST 2014 root has it); ``--qbe-dev-layers`` adds a dev sweep over layers.
 
-The experiment folders are given with ``-p`` (absolute) rather than ``-n``: s3prl stores the
-expdir in its checkpoints, and a path relative to one working directory breaks ``-e`` from
-another.
+Each task is a :class:`score_s3prl.recipes.Recipe` (``RECIPES``). The runner is split by job:
+this module parses the command line and runs the loop (it appends each score stage's rows to the
+results CSV), :mod:`.checks` checks the inputs, :mod:`.plan` builds the stages,
+:mod:`.demo` the demo's, :mod:`.stages` runs them resumably, :mod:`.settings` holds what a run is.
 
 Data roots come from ``--libri-root`` / ``$LIBRISPEECH_ROOT``, ``--quesst-root`` /
 ``$QUESST14_ROOT`` and, optionally, ``--lexicon`` / ``$LIBRISPEECH_LEXICON`` (without it a lexicon
@@ -27,14 +28,8 @@ last ``states-*.ckpt``; ``--dry-run``
 prints the commands. Each measurement is appended to the results CSV (``--results``), and a
 summary table (our relative gains beside the paper's) and a bar chart (``--plot``) end the run.
 
-``demo`` needs no data and no weights: it builds a tiny LibriSpeech-layout corpus and a tiny
-QUESST-layout set from the bundled audio, makes a tiny random HuBERT (``make-tiny``),
-SCORE-fine-tunes it (``finetune``, ``upstream_configs/score_tiny.yaml``) and runs the three tasks
-for both on the CPU, in about a minute on 2 cores. The baseline is stock s3prl's
-``hubert_local -k <tiny base>``: like the real baseline ``hubert_base`` it loads through s3prl's
-own code, none of ours, so a loader of ours cannot flatter or handicap the baseline; the SCORE side
-is ``score_hubert_local -k <export>``. Both build s3prl's HuBERT expert, so they differ only in
-weights. The demo's numbers show that the pipeline works end to end; they are not SUPERB numbers.
+``demo`` needs no data and no weights (:mod:`.demo`): tiny models, bundled audio, the three
+tasks on the CPU in about a minute on 2 cores; its numbers are not SUPERB numbers.
 """
 
 from __future__ import annotations

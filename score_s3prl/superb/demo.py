@@ -4,6 +4,12 @@ No data and no weights needed: a tiny LibriSpeech-layout corpus and a tiny QUESS
 the bundled audio, a tiny random HuBERT (``make-tiny``), SCORE-fine-tuned (``finetune``,
 ``upstream_configs/score_tiny.yaml``); the runner then evaluates both with each recipe's
 ``demo_settings``.
+
+The baseline is stock s3prl's ``hubert_local -k <tiny base>``: like the real baseline
+``hubert_base`` it loads through s3prl's own code, none of ours, so a loader of ours cannot flatter
+or handicap the baseline; the SCORE side is ``score_hubert_local -k <export>``. Both build s3prl's
+HuBERT expert, so they differ only in weights. The demo's numbers show that the pipeline works end
+to end; they are not SUPERB numbers.
 """
 
 from __future__ import annotations
