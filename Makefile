@@ -21,6 +21,7 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
+# the everyday loop (under a minute on 2 cores): everything but the tests marked slow
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 

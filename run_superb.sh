@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SUPERB ASR / PR / QbE, baseline vs SCORE: `./run_superb.sh <asr|pr|qbe|all|demo> [options]`.
-# A thin wrapper around `score-s3prl superb` (score_s3prl/superb/); --help lists the options.
+# A thin wrapper around `score-s3prl superb` (score_s3prl/superb/cli.py); --help lists the options.
 # The interpreter: $SCORE_S3PRL_PYTHON if set (tests pass their own), else `score-s3prl` on
 # PATH, else this checkout's .venv (what `make` builds).
 set -euo pipefail

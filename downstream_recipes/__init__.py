@@ -1,16 +1,13 @@
 """SUPERB recipes the registry's s3prl lacks: configs, vocabularies, the libriphone corpus.
 
 Plain files beside this module, installed with the package so the recipes run from any
-directory; :mod:`score_s3prl.recipes` plugs them into stock s3prl.
+directory; :mod:`score_s3prl.recipes` describes each task (:data:`score_s3prl.recipes.RECIPES`)
+and plugs them into stock s3prl.
 
-=================  ======================  ==================================================
-``-d``             config                  assets
-=================  ======================  ==================================================
-``asr``            ``asr.yaml``            ``char.dict`` (28 characters, fairseq format)
-``ctc``            ``libriphone.yaml``     ``phonemes.txt`` (69 stressed ARPAbet + SIL, SPN),
-                                           corpus module :mod:`.libriphone`
-``quesst14_dtw``   ``quesst14_dtw.yaml``   none
-=================  ======================  ==================================================
+Files: ``asr.yaml`` with ``char.dict`` (28 characters, fairseq format); ``libriphone.yaml`` with
+``phonemes.txt`` (69 stressed ARPAbet + SIL, SPN) and the corpus module :mod:`.libriphone`;
+``quesst14_dtw.yaml``. Which task and s3prl ``-d`` each config serves is in
+:data:`score_s3prl.recipes.RECIPES`, the one recipe table.
 
 The settings are s3prl's published SUPERB ones (PR with learning rate 5e-4, as SCORE evaluated);
 ``char.dict`` lists LibriSpeech's characters in s3prl's order (``|`` is the word boundary) with
@@ -23,10 +20,3 @@ from __future__ import annotations
 from pathlib import Path
 
 RECIPE_DIR = Path(__file__).resolve().parent
-RECIPES = {"asr": "asr.yaml", "ctc": "libriphone.yaml", "quesst14_dtw": "quesst14_dtw.yaml"}  # -d -> config
-
-
-def config_path(downstream: str) -> Path | None:
-    """Our config for ``-d downstream``, or None when we ship none."""
-    name = RECIPES.get(downstream)
-    return RECIPE_DIR / name if name else None

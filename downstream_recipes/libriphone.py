@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from score_s3prl.errors import ScoreError
-from score_s3prl.superb.prepare import audio_frames, split_files, transcripts
+from score_s3prl.corpora import audio_frames, split_files, transcripts
 
 
 def read_lexicon(paths: Sequence[str | os.PathLike], tokenizer: Any) -> dict[str, list[str]]:

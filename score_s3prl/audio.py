@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
@@ -21,6 +22,20 @@ SAMPLE_RATE = 16000
 
 class AudioError(ScoreError):
     """A file that cannot be used as audio: missing, corrupt, empty."""
+
+
+def audio_info(path: str | os.PathLike | BinaryIO) -> soundfile._SoundFileInfo:
+    """The header of an audio file (``samplerate`` Hz, ``channels``, ``frames`` samples per
+    channel, ``format``, ``subtype``), read with soundfile: the one header reader of the project.
+
+    Raises:
+        AudioError: the file is missing or its header is not readable audio.
+    """
+    where = os.fspath(path) if isinstance(path, (str, os.PathLike)) else repr(path)
+    try:
+        return soundfile.info(os.fspath(path) if isinstance(path, os.PathLike) else path)
+    except Exception as exc:  # soundfile raises several types for missing/corrupt files
+        raise AudioError(f"{where}: cannot read audio header ({exc})") from exc
 
 
 def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:

@@ -20,7 +20,7 @@ SUBCOMMANDS = {
     "make-tiny": ("score_s3prl.tiny", "write a tiny random HuBERT checkpoint (tests, demos)"),
     "probe": ("score_s3prl.probe", "layer-wise invariance of any upstream to speed and pitch (no labels)"),
     "qbe-score": ("score_s3prl.superb.mtwv", "MTWV of a QbE stdlist against QUESST14 ground truth"),
-    "superb": ("score_s3prl.superb.runner", "SUPERB ASR / PR / QbE, baseline vs SCORE (run_superb.sh)"),
+    "superb": ("score_s3prl.superb.cli", "SUPERB ASR / PR / QbE, baseline vs SCORE (run_superb.sh)"),
 }
 
 

@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 import soundfile
 import torch
 
-from .audio import AudioError, read_audio
+from .audio import AudioError, audio_info, read_audio
 from .errors import ScoreError
 
 # Encoding names as torchaudio's sox_io backend reports them, by soundfile subtype.
@@ -69,10 +69,7 @@ def info(uri: str | os.PathLike | BinaryIO, format: str | None = None, **_: Any)
     Raises:
         AudioError: the file is missing or not decodable audio.
     """
-    try:
-        meta = soundfile.info(os.fspath(uri) if isinstance(uri, os.PathLike) else uri)
-    except Exception as exc:  # soundfile raises several types for missing/corrupt files
-        raise AudioError(f"{_name(uri)}: cannot read audio header ({exc})") from exc
+    meta = audio_info(uri)
     encoding = _FORMAT_ENCODINGS.get(meta.format, _ENCODINGS.get(meta.subtype, "UNKNOWN"))
     return AudioMetaData(
         sample_rate=int(meta.samplerate),

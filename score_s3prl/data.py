@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import soundfile
 import torch
 
-from .audio import SAMPLE_RATE, AudioError, load_audio
+from .audio import SAMPLE_RATE, AudioError, audio_info, load_audio
+from .corpora import list_audio
 from .errors import ScoreError
 from .fileio import atomic_write_text
 
-AUDIO_SUFFIXES = (".flac", ".wav")
 # Header probes are I/O bound (network file systems): a few threads hide the latency.
 PROBE_THREADS = 8
 # Utterances whose lengths fall in the same bucket are interchangeable when batches are
@@ -268,23 +267,22 @@ def load_batch(
 
 
 def _list_audio(folder: Path) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of every audio file below ``folder``."""
+    """(path, size, mtime_ns) of every audio file below ``folder`` (:func:`corpora.list_audio`)."""
     found = []
-    for dirpath, _, names in os.walk(folder):
-        for name in names:
-            if name.endswith(AUDIO_SUFFIXES):
-                path = os.path.join(dirpath, name)
-                stat = os.stat(path)
-                found.append((path, stat.st_size, stat.st_mtime_ns))
+    for path in list_audio(folder):
+        stat = path.stat()
+        found.append((str(path), stat.st_size, stat.st_mtime_ns))
     return found
 
 
 def _probe(path: str) -> int | str:
     """The file's length in samples at 16 kHz from its header, or why it cannot be used."""
     try:
-        info = soundfile.info(path)
-    except Exception as exc:  # soundfile raises several types for corrupt files
-        return f"cannot read header ({exc})".replace("\t", " ").replace("\n", " ")
+        info = audio_info(path)
+    except AudioError as exc:
+        # the reason only: the warning that lists skipped files names each file itself
+        reason = str(exc).removeprefix(f"{path}: ")
+        return reason.replace("\t", " ").replace("\n", " ")
     if info.frames <= 0:
         return "holds no samples"
     # load_audio resamples other rates to 16 kHz, giving ceil(frames * 16000 / rate) samples.

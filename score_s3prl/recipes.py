@@ -1,4 +1,12 @@
-"""How the launcher plugs the recipes of ``downstream_recipes/`` into stock s3prl.
+"""The SUPERB recipes we run (one :class:`Recipe` per task, in :data:`RECIPES`), and how the
+launcher plugs the recipes of ``downstream_recipes/`` into stock s3prl.
+
+:data:`RECIPES` is the one description of a task: s3prl downstream and config, metric and its
+direction, test split, config assets, the ``-o`` keys that point it at the data and the
+preparation that writes them, the launcher's config checks, the paper's settings and gain, the
+demo's settings, and the name of the :class:`score_s3prl.superb.plan.Planner` method that builds
+its stages. The SUPERB runner, the data preparation CLI, the results table and the launcher all
+read it; adding a task is adding an entry here plus its planner method.
 
 The launcher (:mod:`score_s3prl.run_downstream`) uses this module to
 
@@ -17,19 +25,105 @@ import importlib.util
 import os
 import sys
 import types
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from downstream_recipes import config_path
+from downstream_recipes import RECIPE_DIR
 
+from .corpora import SPLITS, check_quesst, write_bucket_files, write_lexicon
 from .errors import ScoreError
 
-# Config keys (under downstream_expert) that name files shipped beside a config.
-ASSET_KEYS = {
-    "asr": [("datarc", "dict_path")],
-    "ctc": [("text", "vocab_file"), ("corpus", "lexicon")],
-    "quesst14_dtw": [],
-}
+EXPERT = "config.downstream_expert"  # -o prefix of the downstream expert's config block
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Where one task's data lives (absolute paths).
+
+    Attributes:
+        libri_root: LibriSpeech folder holding the split folders (None: not given).
+        quesst_root: the quesst14Database folder (None: not given).
+        prepared: folder of the files the task's preparation writes.
+        lexicon: a word -> phones lexicon the user gave (None: the preparation writes one).
+        splits: LibriSpeech split folders the recipes read.
+    """
+
+    prepared: Path
+    libri_root: Path | None = None
+    quesst_root: Path | None = None
+    lexicon: Path | None = None
+    splits: tuple[str, ...] = SPLITS
+
+    @property
+    def lexicon_file(self) -> Path:
+        """The lexicon the PR recipe reads: the given one, else the one preparation writes."""
+        return self.lexicon or self.prepared / "lexicon.txt"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """How one SUPERB task runs on stock s3prl, and how we measure it.
+
+    Attributes:
+        task: our name (results CSV ``task``, ``score-s3prl superb TASK``).
+        downstream: s3prl ``-d``.
+        config: our config file in ``downstream_recipes/`` (relative to :data:`RECIPE_DIR`).
+        metric: results CSV metric of the reported number.
+        lower_is_better: direction of ``metric``.
+        test_split: s3prl ``-t`` of the reported evaluation.
+        best_checkpoint: what training saves for the best dev score; None: no training.
+        assets: config keys (section, key under ``downstream_expert``) naming files shipped beside
+            the config; relative paths are resolved against its folder.
+        data_roots: the :class:`DataPaths` roots the task reads (``libri_root``, ``quesst_root``),
+            checked before a run starts.
+        data_overrides: the ``-o`` keys that point the recipe at the data.
+        prepare: writes the files ``data_overrides`` names under ``DataPaths.prepared``
+            (None: nothing to write); prints what it wrote to stderr.
+        given_instead: a :class:`DataPaths` field that, when given, replaces what ``prepare``
+            writes (PR: a lexicon), so no preparation runs.
+        check_config: the launcher's check of a parsed s3prl run (args, config), raising
+            :class:`ScoreError` that names the key at fault.
+        paper_settings: ``-o`` values of the SCORE paper's evaluation beyond the config.
+        worker_keys: config keys of dataloader worker counts (``--workers``).
+        demo_settings: ``-o`` values of the tiny-model demo.
+        paper_gain_pct: the SCORE paper's relative gain over HuBERT Base, percent.
+        plan: the ``Planner`` method (:mod:`score_s3prl.superb.plan`) that builds the task's stages.
+    """
+
+    task: str
+    downstream: str
+    config: str
+    metric: str
+    lower_is_better: bool
+    test_split: str
+    best_checkpoint: str | None
+    assets: tuple[tuple[str, str], ...] = ()
+    data_roots: tuple[str, ...]
+    data_overrides: Callable[[DataPaths], dict[str, Any]]
+    prepare: Callable[[DataPaths], None] | None = None
+    given_instead: str | None = None
+    check_config: Callable[[argparse.Namespace, dict[str, Any]], None]
+    paper_settings: Mapping[str, Any] = field(default_factory=dict)
+    worker_keys: tuple[str, ...] = ()
+    demo_settings: Mapping[str, Any] = field(default_factory=dict)
+    paper_gain_pct: float | None = None
+    plan: str
+
+    @property
+    def config_path(self) -> Path:
+        return RECIPE_DIR / self.config
+
+
+def config_path(downstream: str) -> Path | None:
+    """Our config for ``-d downstream``, or None when we ship none."""
+    recipe = by_downstream(downstream)
+    return recipe.config_path if recipe else None
+
+
+def by_downstream(downstream: str) -> Recipe | None:
+    """The recipe run by s3prl's ``-d downstream``, or None for a downstream we do not ship."""
+    return next((r for r in RECIPES.values() if r.downstream == downstream), None)
 
 
 def _launcher_flags(argv: Sequence[str]) -> argparse.Namespace:
@@ -90,7 +184,8 @@ def resolve_assets(downstream: str, config: dict[str, Any], config_file: str | N
             return value
         return str(base / value)
 
-    for section, key in ASSET_KEYS.get(downstream, []):
+    recipe = by_downstream(downstream)
+    for section, key in recipe.assets if recipe else ():
         block = expert.get(section, {})
         value = block.get(key)
         if isinstance(value, str):
@@ -123,7 +218,7 @@ def _splits(args: argparse.Namespace, config: dict[str, Any]) -> list[str]:
 def _split_names(block: dict[str, Any], split: str, section: str) -> list[str]:
     names = block.get(split)
     if not isinstance(names, list) or not names:
-        assets = {key for keys in ASSET_KEYS.values() for _, key in keys}
+        assets = {key for recipe in RECIPES.values() for _, key in recipe.assets}
         keys = [k for k, v in block.items() if isinstance(v, list) and k not in assets]
         raise ScoreError(
             f"{_key(section, split)}: no such split in the config (splits: {', '.join(keys)})"
@@ -167,27 +262,82 @@ def _check_ctc(args: argparse.Namespace, config: dict[str, Any]) -> None:
 
 
 def _check_quesst(args: argparse.Namespace, config: dict[str, Any]) -> None:
-    from .superb.prepare import check_quesst
-
     datarc = config["downstream_expert"]["datarc"]
     root = _need_dir(datarc.get("dataset_root"), _key("datarc", "dataset_root"), "/data/quesst14Database")
     # the expert reads the dev queries for -t dev and the eval queries for anything else
     check_quesst(root, "dev" if args.evaluate_split == "dev" else "eval")
 
 
-_CHECKS = {"asr": _check_asr, "ctc": _check_ctc, "quesst14_dtw": _check_quesst}
+# -- the recipes ------------------------------------------------------------------------------
+
+
+def _asr_overrides(paths: DataPaths) -> dict[str, Any]:
+    return {f"{EXPERT}.datarc.libri_root": str(paths.libri_root),
+            f"{EXPERT}.datarc.bucket_file": str(paths.prepared)}
+
+
+def _prepare_asr(paths: DataPaths) -> None:
+    """length tables of the splits"""
+    assert paths.libri_root is not None
+    write_bucket_files(paths.libri_root, paths.prepared, paths.splits)
+
+
+def _pr_overrides(paths: DataPaths) -> dict[str, Any]:
+    return {f"{EXPERT}.corpus.path": str(paths.libri_root), f"{EXPERT}.corpus.lexicon": [str(paths.lexicon_file)]}
+
+
+def _prepare_pr(paths: DataPaths) -> None:
+    """lexicon of the splits' words from CMUdict"""
+    from .corpora import OOV_PHONE
+
+    assert paths.libri_root is not None
+    stats = write_lexicon(paths.libri_root, paths.lexicon_file, paths.splits)
+    print(f"{paths.lexicon_file}: {stats.words} words, {stats.oov_words} not in CMUdict -> {OOV_PHONE} "
+          f"({stats.oov_tokens} of {stats.tokens} running words)", file=sys.stderr)
+
+
+def _qbe_overrides(paths: DataPaths) -> dict[str, Any]:
+    return {f"{EXPERT}.datarc.dataset_root": str(paths.quesst_root)}
+
+
+RECIPES: dict[str, Recipe] = {
+    "asr": Recipe(
+        task="asr", downstream="asr", config="asr.yaml", metric="wer", lower_is_better=True,
+        test_split="test-clean", best_checkpoint="dev-clean-best.ckpt", assets=(("datarc", "dict_path"),),
+        data_roots=("libri_root",), data_overrides=_asr_overrides, prepare=_prepare_asr,
+        check_config=_check_asr, worker_keys=(f"{EXPERT}.datarc.num_workers",),
+        demo_settings={f"{EXPERT}.datarc.batch_size": 4, f"{EXPERT}.modelrc.project_dim": 16,
+                       f"{EXPERT}.modelrc.RNNs.dim": [16, 16]},
+        paper_gain_pct=1.09, plan="trained",
+    ),
+    "pr": Recipe(
+        task="pr", downstream="ctc", config="libriphone.yaml", metric="per", lower_is_better=True,
+        test_split="test", best_checkpoint="dev-best.ckpt", assets=(("text", "vocab_file"), ("corpus", "lexicon")),
+        data_roots=("libri_root",), data_overrides=_pr_overrides, prepare=_prepare_pr, given_instead="lexicon",
+        check_config=_check_ctc, paper_settings={"config.optimizer.lr": 5.0e-4},
+        worker_keys=(f"{EXPERT}.corpus.num_workers",),
+        demo_settings={"config.runner.gradient_accumulate_steps": 1, f"{EXPERT}.corpus.batch_size": 2},
+        paper_gain_pct=3.58, plan="trained",
+    ),
+    "qbe": Recipe(
+        task="qbe", downstream="quesst14_dtw", config="quesst14_dtw.yaml", metric="mtwv", lower_is_better=False,
+        test_split="test", best_checkpoint=None, data_roots=("quesst_root",), data_overrides=_qbe_overrides,
+        check_config=_check_quesst, worker_keys=(f"{EXPERT}.datarc.num_workers",),
+        demo_settings={f"{EXPERT}.max_workers": 1}, paper_gain_pct=12.65, plan="qbe",
+    ),
+}  # fmt: skip
 
 
 def prepare_config(args: argparse.Namespace, config: dict[str, Any]) -> None:
     """Resolve asset paths and check data paths of a parsed s3prl run (``args``, ``config``).
 
-    Only the recipes in :data:`downstream_recipes.RECIPES` are checked; other downstreams pass through unchanged.
+    Only the downstreams of :data:`RECIPES` are checked; other downstreams pass through unchanged.
 
     Raises:
         ScoreError: naming the config key and the path at fault, and how to set it.
     """
-    downstream = args.downstream
-    if downstream not in _CHECKS:
+    recipe = by_downstream(args.downstream)
+    if recipe is None:
         return
-    resolve_assets(downstream, config, getattr(args, "config", None))
-    _CHECKS[downstream](args, config)
+    resolve_assets(args.downstream, config, getattr(args, "config", None))
+    recipe.check_config(args, config)

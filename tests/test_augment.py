@@ -61,6 +61,7 @@ def _assert_zero_padding(wavs: torch.Tensor, lengths: torch.Tensor) -> None:
         assert row[:length].abs().max() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factor", [0.9, 1.1])
 def test_speed_perturb_scales_duration_and_pitch(excerpt: torch.Tensor, factor: float) -> None:
     wavs, lengths = speed_perturb(excerpt[None], torch.tensor([excerpt.numel()]), factor)
@@ -70,6 +71,7 @@ def test_speed_perturb_scales_duration_and_pitch(excerpt: torch.Tensor, factor: 
     assert _median_f0(wavs[0]) / _median_f0(excerpt) == pytest.approx(factor, rel=0.03)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("semitones", [2.0, -2.0])
 def test_pitch_shift_moves_f0_and_keeps_duration(excerpt: torch.Tensor, semitones: float) -> None:
     wavs, lengths = pitch_shift(excerpt[None], torch.tensor([excerpt.numel()]), semitones)

@@ -175,6 +175,7 @@ def _legacy_weight_norm_names(directory) -> None:
     (directory / "model.safetensors").unlink()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["base_like", "large_like_ctc"])
 def test_transformers_directory_gives_the_same_model(tmp_path, speech, variant):
     import transformers
@@ -207,6 +208,7 @@ def test_transformers_directory_gives_the_same_model(tmp_path, speech, variant):
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_transformers_directory_of_another_model_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "wav2vec2"}))
     (tmp_path / "model.safetensors").write_bytes(b"")

@@ -26,6 +26,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.slow
 def test_stock_s3prl_needs_apply():
     bare = run_python("import s3prl.hub")
     assert bare.returncode != 0
@@ -41,6 +42,7 @@ def test_stock_s3prl_needs_apply():
     assert shimmed.stdout.strip().endswith("ok")
 
 
+@pytest.mark.slow
 def test_each_shim_is_missing_on_this_stack_and_works_after_apply(speech_path):
     # One fresh interpreter: try what s3prl uses before and after apply().
     result = run_python(f"""

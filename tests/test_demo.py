@@ -16,6 +16,8 @@ import pytest
 
 from score_s3prl.superb import metrics, mtwv, results
 
+pytestmark = pytest.mark.slow  # the whole demo, end to end, in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -14,7 +14,8 @@ import soundfile
 
 from score_s3prl.audio import AudioError, load_audio
 from score_s3prl.errors import ScoreError
-from score_s3prl.superb import demo_data, prepare
+from score_s3prl import corpora
+from score_s3prl.superb import demo_data
 
 SPLITS = ("train-clean-100", "dev-clean", "test-clean")
 
@@ -37,12 +38,12 @@ def test_librispeech_layout(libri, assets_dir):
             dst = libri / split / src.relative_to(assets_dir / "transcribed")
             assert filecmp.cmp(src, dst, shallow=False)
         assert len(list((libri / split).rglob("*.trans.txt"))) == 5
-    words = prepare.transcripts(prepare.split_files(libri, "dev-clean"))
+    words = corpora.transcripts(corpora.split_files(libri, "dev-clean"))
     assert words["1272-128104-0001"] == "NOR IS MISTER QUILTER'S MANNER LESS INTERESTING THAN HIS MATTER".split()
 
 
 def test_bucket_files_in_s3prl_format(libri, tmp_path):
-    written = prepare.write_bucket_files(libri, tmp_path, SPLITS)
+    written = corpora.write_bucket_files(libri, tmp_path, SPLITS)
     assert [p.name for p in written] == [f"{s}.csv" for s in SPLITS]
     with open(tmp_path / "dev-clean.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -56,11 +57,11 @@ def test_bucket_files_in_s3prl_format(libri, tmp_path):
 
 def test_lexicon_covers_transcripts_with_cmudict(libri, tmp_path):
     path = tmp_path / "lexicon.txt"
-    stats = prepare.write_lexicon(libri, path, SPLITS)
+    stats = corpora.write_lexicon(libri, path, SPLITS)
     entries = dict(line.split(" ", 1) for line in path.read_text().splitlines())
     assert stats.words == len(entries) == 109
     assert entries["AFTER"] == "AE1 F T ER0"
-    oov = sorted(w for w, phones in entries.items() if phones == prepare.OOV_PHONE)
+    oov = sorted(w for w, phones in entries.items() if phones == corpora.OOV_PHONE)
     assert oov == ["DISHONOURED", "QUILTER'S"] and stats.oov_words == 2
     # 6 utterances x 3 splits: each OOV word occurs once per split
     assert (stats.tokens, stats.oov_tokens) == (3 * 153, 6)
@@ -81,9 +82,9 @@ def test_phone_vocabulary_is_stressed_arpabet_plus_sil_spn():
 
 def test_prepare_refuses_bad_corpora(libri, tmp_path):
     with pytest.raises(ScoreError, match="nowhere: LibriSpeech root not found"):
-        prepare.write_bucket_files(tmp_path / "nowhere", tmp_path)
+        corpora.write_bucket_files(tmp_path / "nowhere", tmp_path)
     with pytest.raises(ScoreError, match=r"test-other: split folder not found \(present: dev-clean"):
-        prepare.write_bucket_files(libri, tmp_path, ["test-other"])
+        corpora.write_bucket_files(libri, tmp_path, ["test-other"])
 
     bad = tmp_path / "bad"
     shutil.copytree(libri / "dev-clean", bad / "dev-clean")
@@ -91,25 +92,25 @@ def test_prepare_refuses_bad_corpora(libri, tmp_path):
     wav = load_audio(target).numpy()
     soundfile.write(target, wav[::2], 8000, format="FLAC")
     with pytest.raises(AudioError, match="1272-128104-0001.flac: 8000 Hz, 1 channel"):
-        prepare.write_bucket_files(bad, tmp_path, ["dev-clean"])
+        corpora.write_bucket_files(bad, tmp_path, ["dev-clean"])
     soundfile.write(target, np.stack([wav, wav], axis=1), 16000, format="FLAC")
     with pytest.raises(AudioError, match="1272-128104-0001.flac: 16000 Hz, 2 channel"):
-        prepare.write_bucket_files(bad, tmp_path, ["dev-clean"])
+        corpora.write_bucket_files(bad, tmp_path, ["dev-clean"])
     target.with_name("1272-128104.trans.txt").unlink()
     with pytest.raises(ScoreError, match="1272-128104.trans.txt: transcript file not found"):
-        prepare.write_bucket_files(bad, tmp_path, ["dev-clean"])
+        corpora.write_bucket_files(bad, tmp_path, ["dev-clean"])
 
 
 def test_override_strings():
-    text = prepare.override({"config.a.b": "/data/x", "config.c": ["/l.txt"]})
+    text = corpora.override({"config.a.b": "/data/x", "config.c": ["/l.txt"]})
     assert text == "config.a.b='/data/x',,config.c=['/l.txt']"
     with pytest.raises(ScoreError, match="cannot carry"):
-        prepare.override({"config.a": "/odd=path"})
+        corpora.override({"config.a": "/odd=path"})
 
 
 def test_quesst_layout_and_lists(quesst):
-    assert prepare.check_quesst(quesst, "dev") == (3, 11)
-    assert prepare.check_quesst(quesst, "eval") == (3, 11)
+    assert corpora.check_quesst(quesst, "dev") == (3, 11)
+    assert corpora.check_quesst(quesst, "eval") == (3, 11)
     for path in sorted(quesst.rglob("*.wav")):
         meta = soundfile.info(str(path))
         assert (meta.samplerate, meta.channels, meta.subtype) == (8000, 1, "PCM_16")
@@ -150,12 +151,12 @@ def test_quesst_is_deterministic(quesst, tmp_path):
 
 def test_quesst_check_names_the_problem(quesst, tmp_path):
     with pytest.raises(ScoreError, match="nowhere: QUESST 2014 root not found"):
-        prepare.check_quesst(tmp_path / "nowhere")
+        corpora.check_quesst(tmp_path / "nowhere")
     broken = tmp_path / "broken"
     shutil.copytree(quesst, broken)
     (broken / "dev_queries/quesst14_dev_0002.wav").unlink()
     with pytest.raises(ScoreError, match=r"language_key_dev.lst:2: .*quesst14_dev_0002.wav: audio file not found"):
-        prepare.check_quesst(broken, "dev")
+        corpora.check_quesst(broken, "dev")
     (broken / "scoring/language_key_eval.lst").unlink()
     with pytest.raises(ScoreError, match="language_key_eval.lst: QUESST 2014 list not found"):
-        prepare.check_quesst(broken, "eval")
+        corpora.check_quesst(broken, "eval")

@@ -19,7 +19,7 @@ import downstream_recipes
 import pytest
 import yaml
 
-from score_s3prl import compat, recipes
+from score_s3prl import compat, corpora, recipes
 from score_s3prl.errors import ScoreError
 from score_s3prl.superb import demo_data, prepare
 
@@ -77,9 +77,10 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_asr_trains_evaluates_and_reloads(data, tiny_ckpt, tmp_path):
     out = ok(launch(tmp_path, "-m", "train", "-u", "score_hubert_local", "-k", str(tiny_ckpt), "-d", "asr",
-                    "-p", "exp", "--device", "cpu", "-o", data["asr"] + ",," + prepare.override(ASR_TINY)))
+                    "-p", "exp", "--device", "cpu", "-o", data["asr"] + ",," + corpora.override(ASR_TINY)))
     exp = tmp_path / "exp"
     assert (exp / "states-2.ckpt").is_file()
     dev = (exp / "dev-clean-noLM-hyp.ark").read_text().splitlines()
@@ -92,9 +93,10 @@ def test_asr_trains_evaluates_and_reloads(data, tiny_ckpt, tmp_path):
     assert (exp / "test-clean-noLM-hyp.ark").read_text().splitlines() == dev
 
 
+@pytest.mark.slow
 def test_pr_trains_evaluates_and_reloads(data, tiny_ckpt, tmp_path):
     out = ok(launch(tmp_path, "-m", "train", "-u", "score_hubert_local", "-k", str(tiny_ckpt), "-d", "ctc",
-                    "-p", "exp", "--device", "cpu", "-o", data["pr"] + ",," + prepare.override(PR_TINY)))
+                    "-p", "exp", "--device", "cpu", "-o", data["pr"] + ",," + corpora.override(PR_TINY)))
     exp = tmp_path / "exp"
     dev = (exp / "dev-ref.ark").read_text().splitlines()
     assert len(dev) == 6 and "G AA1 D AE1 Z" in (exp / "dev-ref.ark").read_text()  # "GOD AS": phones
@@ -105,6 +107,7 @@ def test_pr_trains_evaluates_and_reloads(data, tiny_ckpt, tmp_path):
     assert (exp / "test-hyp.ark").read_text() == (exp / "dev-hyp.ark").read_text()
 
 
+@pytest.mark.slow
 def test_qbe_writes_stdlist(data, tiny_ckpt, tmp_path):
     ok(launch(tmp_path, "-m", "evaluate", "-t", "dev", "-u", "score_hubert_local", "-k", str(tiny_ckpt),
               "-d", "quesst14_dtw", "-l", "-1", "-p", "exp", "--device", "cpu", "-o",
@@ -118,12 +121,14 @@ def test_qbe_writes_stdlist(data, tiny_ckpt, tmp_path):
         assert all(float(e.get("score")) == float(e.get("score")) for e in term.findall("term"))  # no NaN
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_is_one_error_line(data, tmp_path):
     result = launch(tmp_path, "-m", "evaluate", "-t", "dev", "-u", "score_hubert_local", "-k", "nope.pt",
                     "-d", "quesst14_dtw", "-p", "exp", "--device", "cpu", "-o", data["qbe"])
     assert error_line(result) == "error: nope.pt: checkpoint not found"
 
 
+@pytest.mark.slow
 def test_corrupt_audio_in_a_worker_is_one_error_line(data, tiny_ckpt, tmp_path):
     corpus = tmp_path / "LibriSpeech"
     shutil.copytree(data["libri"], corpus)
@@ -132,7 +137,7 @@ def test_corrupt_audio_in_a_worker_is_one_error_line(data, tiny_ckpt, tmp_path):
     overrides = prepare.prepare_asr(corpus, tmp_path / "asr", ["dev-clean"])
     result = launch(tmp_path, "-m", "evaluate", "-t", "dev-clean", "-u", "score_hubert_local", "-k",
                     str(tiny_ckpt), "-d", "asr", "-p", "exp", "--device", "cpu", "-o",
-                    overrides + ",," + prepare.override({"config.downstream_expert.datarc.num_workers": 1}))
+                    overrides + ",," + corpora.override({"config.downstream_expert.datarc.num_workers": 1}))
     assert error_line(result).startswith(f"error: {corrupt}: cannot decode audio")
 
 
@@ -146,7 +151,7 @@ def test_default_config_only_when_none_given():
     for argv in (["-d", "asr", "-c", "mine.yaml"], ["-dasr", "--config=mine.yaml"], ["-d", "asr", "--conf", "x"],
                  ["-d", "emotion"], ["-u", "score_hubert", "-n", "x"], []):
         assert recipes.with_default_config(argv) == argv
-    for name in downstream_recipes.RECIPES:
+    for name in (r.downstream for r in recipes.RECIPES.values()):
         assert yaml.safe_load(recipes.config_path(name).read_text())["downstream_expert"]
 
 

@@ -164,6 +164,7 @@ def test_divergence_is_nonnegative_and_zero_for_identical_inputs(cost):
     assert torch.equal(soft_dtw_divergence(x32, x32, xl, xl), torch.zeros(6))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("gamma", [0.05, 1.0])
 def test_agrees_with_tslearn(dtype, gamma):
@@ -211,6 +212,7 @@ def test_float32_gradients_match_float64_on_raw_768d_features():
         assert (g32 - g64).norm() / g64.norm() < 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", KERNELS)
 def test_sequences_longer_than_1024_frames(backend):
     tslearn = pytest.importorskip("tslearn.metrics")
@@ -458,6 +460,7 @@ def test_cpu_kernel_works_in_a_forked_child():
     assert torch.equal(got, want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
 def test_triton_kernels_compile_for_hopper(dtype):
     # No GPU here: compile to an sm_90 cubin (H100/H200) to catch what the interpreter does

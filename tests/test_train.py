@@ -89,6 +89,7 @@ def test_loss_falls_on_a_fixed_batch(tiny_ckpt, speech):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_run_trains_only_the_top_layers_and_exports(tiny_ckpt, assets_dir, tmp_path):
     cfg = tiny_config(tiny_ckpt, assets_dir, tmp_path / "run", **{"optim.total_updates": 6, "log_every": 2})
     export_path = train(cfg)
@@ -108,6 +109,7 @@ def test_run_trains_only_the_top_layers_and_exports(tiny_ckpt, assets_dir, tmp_p
     assert list((tmp_path / "run" / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(tiny_ckpt, assets_dir, tmp_path):
     exports = [train(tiny_config(tiny_ckpt, assets_dir, tmp_path / name, **{"optim.total_updates": 3}))
                for name in ("a", "b")]
@@ -123,6 +125,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_to_the_same_weights(tiny_ckpt, assets_dir, tmp_path, sig):
     extra = ["--steps", "24", "save_every=2"]
@@ -184,6 +187,7 @@ def test_missing_data_and_init_are_clear_errors(tiny_ckpt, tmp_path):
         train(load_config(TINY_CONFIG, values_set={"out": str(tmp_path / "run2")}))
 
 
+@pytest.mark.slow
 def test_cli_prints_one_error_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "score_s3prl.cli", "finetune", "--config",
                            str(tmp_path / "none.yaml")], capture_output=True, text=True, env=subprocess_env())
@@ -191,6 +195,7 @@ def test_cli_prints_one_error_line(tmp_path):
     assert proc.stderr.strip() == f"error: {tmp_path / 'none.yaml'}: config file not found"
 
 
+@pytest.mark.slow
 def test_export_loads_through_both_hub_entries(tiny_ckpt, assets_dir, tmp_path, speech):
     from score_s3prl import hub
 
@@ -208,6 +213,7 @@ def test_export_loads_through_both_hub_entries(tiny_ckpt, assets_dir, tmp_path, 
     assert ours.score_metadata["updates"] == 2
 
 
+@pytest.mark.slow
 def test_two_process_ddp_run(tiny_ckpt, assets_dir, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "score_s3prl.cli", *finetune_cmd(
@@ -250,6 +256,7 @@ def worker_pid(launcher: subprocess.Popen, local_rank: int, timeout: float = 60.
     raise AssertionError(f"no torchrun worker with LOCAL_RANK={local_rank}")
 
 
+@pytest.mark.slow
 def test_ddp_run_stopped_on_one_rank_stops_all_together_and_resumes(tiny_ckpt, assets_dir, tmp_path):
     # A signal that reaches one rank only must stop every rank at the same update (a rank that
     # leaves alone hangs its peers in their next all-reduce), and the saved state resumes.

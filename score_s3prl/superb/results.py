@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import ScoreError
+from ..recipes import RECIPES
 from ..fileio import atomic_open
 
 COLUMNS = (
@@ -42,8 +43,8 @@ COLUMNS = (
 HEADER = ",".join(COLUMNS)
 
 # SCORE paper (ICASSP 2024): relative gains over HuBERT Base, percent
-PAPER_GAINS = {"asr": 1.09, "pr": 3.58, "qbe": 12.65}
-TASK_ORDER = ("asr", "pr", "qbe")
+PAPER_GAINS = {task: r.paper_gain_pct for task, r in RECIPES.items() if r.paper_gain_pct is not None}
+TASK_ORDER = tuple(RECIPES)
 
 
 def utc_now() -> str:
@@ -68,7 +69,7 @@ class ResultRow:
     relative_gain_pct: float | None = None  # None for the baseline
     date: str = field(default_factory=utc_now)
 
-    def record(self) -> list[str]:
+    def csv_fields(self) -> list[str]:
         """The CSV fields, in :data:`COLUMNS` order."""
         gain = "" if self.relative_gain_pct is None else f"{self.relative_gain_pct:.6g}"
         return [
@@ -144,7 +145,7 @@ def append_results(csv_path: str | os.PathLike, rows: Sequence[ResultRow]) -> No
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     for row in rows:
-        writer.writerow(row.record())
+        writer.writerow(row.csv_fields())
     with _locked(path):
         content = _checked_content(path)
         with atomic_open(path, "wb") as handle:
@@ -176,7 +177,7 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
 def _frame(rows: Sequence[ResultRow] | pd.DataFrame) -> pd.DataFrame:
     if isinstance(rows, pd.DataFrame):
         return rows
-    records = [row.record() for row in rows]
+    records = [row.csv_fields() for row in rows]
     return _typed(pd.DataFrame(records, columns=list(COLUMNS)))
 
 

@@ -60,6 +60,10 @@ class Stage:
         clean: a folder the stage owns; emptied before the stage runs (unless it resumes).
         resume: builds the argv that continues a died attempt of the same key, or returns None
             when that attempt left nothing to continue from (a long training's checkpoints).
+        at_run: completes the planned argv just before it runs with what only the outputs of
+            earlier stages tell (the checkpoint a training chose). Not part of the key: a
+            stage's key depends on its settings, its planned command and its dependencies'
+            stamps, never on reading another stage's output files.
     """
 
     name: str
@@ -74,6 +78,7 @@ class Stage:
     env: dict[str, str] = field(default_factory=dict)
     clean: Path | None = None
     resume: Callable[[], list[str] | None] | None = None
+    at_run: Callable[[list[str]], list[str]] | None = None
 
     @property
     def marker(self) -> Path:
@@ -87,7 +92,7 @@ class Stage:
     def attempt(self) -> Path:
         return self.folder / f"{self.stem}.attempt.json"
 
-    def record(self) -> dict[str, Any] | None:
+    def marker_content(self) -> dict[str, Any] | None:
         """The done-marker's content, or None when there is none (or it is unreadable)."""
         try:
             return json.loads(self.marker.read_text(encoding="utf-8"))
@@ -95,17 +100,17 @@ class Stage:
             return None
 
     def key(self) -> str:
-        deps = [(d.record() or {}).get("stamp") for d in self.deps]
+        deps = [(d.marker_content() or {}).get("stamp") for d in self.deps]
         argv = self.command() if self.command else None
         return json_hash({"settings": self.settings, "command": argv, "deps": deps})
 
     def done(self) -> bool:
-        record = self.record()
+        record = self.marker_content()
         return record is not None and record.get("key") == self.key()
 
     def output(self, name: str, default: Any = None) -> Any:
         """One recorded output of a finished stage, else ``default``."""
-        return ((self.record() or {}).get("outputs") or {}).get(name, default)
+        return ((self.marker_content() or {}).get("outputs") or {}).get(name, default)
 
     def shell_line(self, argv: list[str] | None = None) -> str:
         """``argv`` (default: the command) as one line a shell would run the same way (cwd and
@@ -209,19 +214,24 @@ class Pipeline:
             return True
         return not stage.done()
 
-    def run(self, stage: Stage) -> None:
-        """Run ``stage`` unless it is finished (or already handled in this invocation)."""
+    def run(self, stage: Stage) -> bool:
+        """Run ``stage`` unless it is finished (or already handled in this invocation).
+
+        Returns:
+            True when the stage ran now (its outputs are new), False when it was skipped or
+            only printed (dry run).
+        """
         if not self._pending(stage):
             if stage.marker not in self._handled:
                 self.say(f"[{stage.name}] done before, skipped (--force redoes it)")
                 self._handled.add(stage.marker)
-            return
+            return False
         self._handled.add(stage.marker)
         if self.dry_run:
             self._would_run.add(stage.marker)
             # a command stage's Python step only checks the command's outputs: the command says it all
             self.say(f"$ {stage.shell_line()}" if stage.command else f"# [{stage.name}] {stage.describe}")
-            return
+            return False
         started = time.monotonic()
         key = stage.key()
         argv = self._resumption(stage, key)
@@ -231,7 +241,9 @@ class Pipeline:
         if stage.command:
             if stage.resume:
                 atomic_write_text(stage.attempt, json.dumps({"key": key}) + "\n")
-            argv = argv if argv is not None else stage.command()
+            if argv is None:
+                argv = stage.command()
+                argv = stage.at_run(argv) if stage.at_run else argv
             self.say(f"$ {stage.shell_line(argv)}")
             self.say(f"[{stage.name}] running; output in {stage.log}")
             run_command(stage, self.terminal, argv)
@@ -245,6 +257,7 @@ class Pipeline:
         atomic_write_text(stage.marker, json.dumps(record, indent=2, sort_keys=True) + "\n")
         stage.attempt.unlink(missing_ok=True)
         self.say(f"[{stage.name}] done in {record['seconds']:.1f} s")
+        return True
 
     def _resumption(self, stage: Stage, key: str) -> list[str] | None:
         """The argv continuing a died attempt of ``stage`` that had this same ``key``, if any."""

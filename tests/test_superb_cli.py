@@ -22,7 +22,7 @@ import pytest
 import soundfile
 
 from score_s3prl.errors import ScoreError
-from score_s3prl.superb import demo_data, runner
+from score_s3prl.superb import cli, demo_data, plan, settings
 from score_s3prl.superb.stages import StageError
 
 SPLITS = ("train-clean-100", "dev-clean", "test-clean")
@@ -116,7 +116,7 @@ def env(tmp_path, quesst_root, monkeypatch) -> dict[str, Path]:
     monkeypatch.delenv("LIBRISPEECH_LEXICON", raising=False)
     script = tmp_path / "fake_launcher.py"
     script.write_text(FAKE_LAUNCHER)
-    monkeypatch.setattr(runner, "LAUNCHER", [sys.executable, str(script)])
+    monkeypatch.setattr(plan, "LAUNCHER", [sys.executable, str(script)])
     monkeypatch.setenv("FAKE_LAUNCHER_LOG", str(tmp_path / "launches.jsonl"))
     base, score = tmp_path / "base.pt", tmp_path / "score.pt"
     base.write_text(json.dumps({"errors": 2, "hits": 2}))  # WER/PER 20 %, MTWV 2/3
@@ -134,7 +134,7 @@ def run(env, task: str, *extra: str, upstreams=("hubert_local={base}", "score_hu
     argv = [task, "--out", str(env["out"]), "--results", str(env["csv"]), "--device", "cpu", *extra]
     for upstream in upstreams:
         argv += ["--upstream", upstream.format(**{k: str(v) for k, v in env.items()})]
-    return runner.main(argv)
+    return cli.main(argv)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -145,6 +145,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 # --- results rows, skipping, --force ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rows_gains_and_plot(env):
     assert run(env, "all") == 0
     rows = read_rows(env["csv"])
@@ -170,6 +171,7 @@ def test_rows_gains_and_plot(env):
         assert overrides(marker["outputs"]["overrides"]).items() <= overrides(train[-1]).items()
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_stages_and_force_redoes_them(env, capsys):
     run(env, "asr")
     first = len(launches(env))
@@ -187,6 +189,7 @@ def test_rerun_skips_finished_stages_and_force_redoes_them(env, capsys):
     assert len(read_rows(env["csv"])) == 4
 
 
+@pytest.mark.slow
 def test_changed_or_broken_stages_rerun_with_what_depends_on_them(env):
     run(env, "pr")
     assert len(launches(env)) == 4
@@ -206,6 +209,7 @@ def test_changed_or_broken_stages_rerun_with_what_depends_on_them(env):
     assert [argv[argv.index("-m") + 1] for argv in launches(env)[7:]] == ["train", "evaluate"] * 2
 
 
+@pytest.mark.slow
 def test_new_weights_at_the_same_path_are_evaluated_again(env):
     run(env, "all")
     assert len(launches(env)) == 10  # per upstream: ASR and PR train + evaluate, QbE evaluate
@@ -221,6 +225,7 @@ def test_new_weights_at_the_same_path_are_evaluated_again(env):
         ("qbe", "score_hubert_local", pytest.approx(2 / 3))]
 
 
+@pytest.mark.slow
 def test_failed_stage_names_itself_and_its_log(env, monkeypatch):
     monkeypatch.setenv("FAKE_FAIL", "score_hubert_local -k")
     with pytest.raises(StageError) as error:
@@ -236,6 +241,7 @@ def test_failed_stage_names_itself_and_its_log(env, monkeypatch):
     assert [argv[argv.index("-m") + 1] for argv in launches(env)[3:]] == ["train", "evaluate"]
 
 
+@pytest.mark.slow
 def test_died_training_resumes_from_its_states_checkpoint(env, monkeypatch):
     monkeypatch.setenv("FAKE_DIE", "score_hubert_local -k")
     with pytest.raises(StageError, match="killed after saving states-5.ckpt"):
@@ -265,13 +271,13 @@ def test_died_training_resumes_from_its_states_checkpoint(env, monkeypatch):
 def test_missing_best_checkpoint_falls_back_to_the_last_states(tmp_path, capsys):
     best = tmp_path / "dev-clean-best.ckpt"
     with pytest.raises(ScoreError, match="training saved no checkpoint"):
-        runner.chosen_checkpoint(best)
+        plan.chosen_checkpoint(best)
     for step in (5, 40, 10):
         (tmp_path / f"states-{step}.ckpt").touch()
-    assert runner.chosen_checkpoint(best) == str(tmp_path / "states-40.ckpt")
+    assert plan.chosen_checkpoint(best) == str(tmp_path / "states-40.ckpt")
     assert "dev-clean-best.ckpt was not saved" in capsys.readouterr().out
     best.touch()
-    assert runner.chosen_checkpoint(best) == str(best)
+    assert plan.chosen_checkpoint(best) == str(best)
 
 
 # --- --dry-run: the commands for real data ----------------------------------------------------
@@ -281,8 +287,8 @@ def parse_command(line: str) -> tuple[Path, list[str]]:
     """``$ cd DIR && <launcher> ARGS`` -> (DIR, ARGS)."""
     words = shlex.split(line[2:])
     assert words[0] == "cd" and words[2] == "&&", line
-    end = 3 + len(runner.LAUNCHER)
-    assert words[3:end] == runner.LAUNCHER, line
+    end = 3 + len(plan.LAUNCHER)
+    assert words[3:end] == plan.LAUNCHER, line
     return Path(words[1]), words[end:]
 
 
@@ -310,11 +316,11 @@ def overrides(text: str) -> dict:
 
 
 def test_dry_run_prints_the_s3prl_commands(env, capsys, monkeypatch):
-    monkeypatch.setattr(runner, "LAUNCHER", [sys.executable, "-m", "score_s3prl.run_downstream"])
+    monkeypatch.setattr(plan, "LAUNCHER", [sys.executable, "-m", "score_s3prl.run_downstream"])
     ckpt = env["root"] / "score_hubert.pt"
     ckpt.write_bytes(b"")
     monkeypatch.setenv("SCORE_HUBERT_CKPT", str(ckpt))
-    assert runner.main(["all", "--dry-run", "--out", str(env["out"]), "--device", "cpu",
+    assert cli.main(["all", "--dry-run", "--out", str(env["out"]), "--device", "cpu",
                         "--results", str(env["csv"]), "--qbe-dev-layers", "0-1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert not env["out"].exists() and not env["csv"].exists()  # a dry run writes nothing
@@ -391,7 +397,7 @@ def test_missing_data_roots(env, monkeypatch):
     fails_before_start(env, r"dev-clean: split folder not found \(present: test-clean, train-clean-100\)",
                        *libri, task="asr")
     (env["libri"] / "dev-clean").mkdir()
-    fails_before_start(env, r"dev-clean: no .flac files", *libri, task="asr")
+    fails_before_start(env, r"dev-clean: no .flac or .wav files", *libri, task="asr")
 
 
 def test_word_missing_from_the_lexicon(env):
@@ -452,16 +458,16 @@ def test_bad_upstreams(env, monkeypatch):
     fails_before_start(env, r"given twice with the same checkpoint file name; both would run in .*hubert_local--base",
                        upstreams=("hubert_local={base}", f"hubert_local={other}"))
     with pytest.raises(ScoreError, match="expected NAME or NAME=CKPT"):
-        runner.parse_upstream("not a name")
+        settings.parse_upstream("not a name")
 
 
 def test_layer_lists():
-    assert runner.parse_layers("0-3,6,2") == (0, 1, 2, 3, 6)
-    assert runner.parse_layers("") == ()
+    assert cli.parse_layers("0-3,6,2") == (0, 1, 2, 3, 6)
+    assert cli.parse_layers("") == ()
     with pytest.raises(ScoreError, match="expected layers like 0-12"):
-        runner.parse_layers("a-b")
+        cli.parse_layers("a-b")
     with pytest.raises(ScoreError, match="12-0 is an empty range"):  # not a silently skipped sweep
-        runner.parse_layers("12-0")
+        cli.parse_layers("12-0")
 
 
 def test_command_pipe_is_closed(tmp_path, monkeypatch):

@@ -1,0 +1,112 @@
+"""Input checks of ``score-s3prl superb``, run before any stage starts: data roots, the PR
+lexicon, the QUESST ground truth, the upstreams and the results CSV.
+
+Which roots a task reads comes from its :class:`score_s3prl.recipes.Recipe` (``data_roots``,
+``given_instead``), so a new task is checked without code here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from .. import corpora
+from ..errors import ScoreError
+from ..recipes import RECIPES
+from . import mtwv, results
+from .settings import ENV, QBE_GROUNDTRUTH, QBE_LANGUAGE_KEY, SPLITS, Settings, Upstream, qbe_splits
+
+
+def check_upstreams(upstreams: Sequence[Upstream]) -> None:
+    """Every upstream names an s3prl hub entry and an existing local checkpoint (when it has one).
+
+    Raises:
+        ScoreError: naming the upstream and the problem.
+    """
+    import difflib
+
+    from ..hub import CKPT_ENV, MAKE_ONE, register
+
+    # s3prl's hub warns about optional upstreams whose packages are missing; not our concern here
+    logging.getLogger("s3prl.upstream.espnet_hubert.expert").setLevel(logging.ERROR)
+    register()
+    import s3prl.hub
+
+    labels = [u.label for u in upstreams]
+    for upstream in upstreams:
+        if labels.count(upstream.label) > 1:
+            raise ScoreError(f"--upstream {upstream.name}: given twice with the same checkpoint file name; "
+                             f"both would run in <out>/<task>/{upstream.label}: rename one checkpoint")
+        if not callable(getattr(s3prl.hub, upstream.name, None)):
+            close = difflib.get_close_matches(upstream.name, dir(s3prl.hub), n=3)
+            hint = f" (close: {', '.join(close)})" if close else ""
+            raise ScoreError(f"--upstream {upstream.name}: no such s3prl upstream{hint}")
+        if upstream.name.endswith(("_local", "_url")) and not upstream.ckpt:
+            raise ScoreError(f"--upstream {upstream.name}: needs a checkpoint: {upstream.name}=CKPT")
+        if upstream.ckpt and "://" not in upstream.ckpt and not os.path.exists(upstream.ckpt):
+            hint = f" (${CKPT_ENV} or the default path); {MAKE_ONE}" if upstream.name == "score_hubert" else ""
+            raise ScoreError(f"{upstream.ckpt}: checkpoint of --upstream {upstream.name} not found{hint}")
+
+
+def _root(value: Path | None, option: str, setting: str, what: str) -> Path:
+    if value is None:
+        raise ScoreError(f"{what} not given: pass {option} DIR or set ${ENV[setting]}")
+    if not value.is_dir():
+        raise ScoreError(f"{value}: {what} not found (from {option} or ${ENV[setting]})")
+    return value
+
+
+def check_lexicon(lexicon: Path, words: dict[str, dict[str, list[str]]]) -> None:
+    """Every transcript word has an entry in ``lexicon`` whose phones the PR recipe knows.
+
+    Args:
+        words: split -> utterance id -> transcript words.
+    Raises:
+        ScoreError: naming the lexicon and the first missing word (or bad line).
+    """
+    if not lexicon.is_file():
+        raise ScoreError(f"{lexicon}: lexicon file not found (from --lexicon or ${ENV['lexicon']})")
+    # the same reader and phone vocabulary the PR recipe's corpus uses; s3prl's text module
+    # imports nothing that needs the compat patches
+    from s3prl.downstream.ctc.text import load_text_encoder
+
+    from downstream_recipes.libriphone import read_lexicon
+
+    config = RECIPES["pr"].config_path
+    vocab = config.parent / yaml.safe_load(config.read_text())["downstream_expert"]["text"]["vocab_file"]
+    entries = read_lexicon([lexicon], load_text_encoder("word", str(vocab)))
+    for split, utterances in words.items():
+        for utterance, transcript in utterances.items():
+            missing = [w for w in transcript if w not in entries]
+            if missing:
+                raise ScoreError(
+                    f"{lexicon}: no entry for the word {missing[0]!r} (utterance {utterance} in {split}); "
+                    f"add it, or leave out --lexicon and ${ENV['lexicon']} to have a lexicon written "
+                    f"from CMUdict (unknown words -> {corpora.OOV_PHONE})"
+                )
+
+
+def check_inputs(settings: Settings) -> None:
+    """Check data roots, the lexicon, the upstreams and the results CSV before anything starts.
+
+    Raises:
+        ScoreError: naming the option or file at fault.
+    """
+    results.check_results_file(settings.results)
+    roots = {root for task in settings.tasks for root in RECIPES[task].data_roots}
+    if "libri_root" in roots:
+        libri = _root(settings.libri_root, "--libri-root", "libri_root", "LibriSpeech root")
+        words = {split: corpora.transcripts(corpora.split_files(libri, split)) for split in SPLITS}
+        if settings.lexicon is not None and any(RECIPES[t].given_instead == "lexicon" for t in settings.tasks):
+            check_lexicon(settings.lexicon, words)
+    if "quesst_root" in roots:
+        quesst = _root(settings.quesst_root, "--quesst-root", "quesst_root", "QUESST 2014 root")
+        for split in qbe_splits(settings):
+            corpora.check_quesst(quesst, QBE_LANGUAGE_KEY[split])
+            # parsed now: a bad ground truth must not wait until the (long) evaluation is over
+            mtwv.scored_queries(mtwv.load_groundtruth(quesst / "scoring" / QBE_GROUNDTRUTH[split]))
+    check_upstreams(settings.upstreams)

@@ -1,0 +1,179 @@
+"""``score-s3prl superb TASK`` (``run_superb.sh TASK``): SUPERB ASR, PR and QbE, baseline vs SCORE.
+
+TASK is ``asr``, ``pr``, ``qbe``, ``all`` (the three in turn) or ``demo``.
+
+For each upstream (``--upstream NAME[=CKPT]``, repeatable, the first is the baseline; default
+``hubert_base`` and ``score_hubert=$SCORE_HUBERT_CKPT``) the stock s3prl recipe runs through
+``python -m score_s3prl.run_downstream``, one subprocess per stage, in ``<out>/<task>/<upstream>/``:
+
+- ``asr``: train ``-d asr`` (stock settings), evaluate ``-e <train>/dev-clean-best.ckpt -t test-clean``,
+  WER recomputed from the hyp/ref files s3prl writes;
+- ``pr``: train ``-d ctc`` (libriphone, lr 5e-4 as the paper), evaluate ``-e <train>/dev-best.ckpt
+  -t test``, PER from the hyp/ref files;
+- ``qbe``: no training; ``-m evaluate -d quesst14_dtw -t test -l -1`` (the last layer, as the
+  paper), MTWV computed natively from ``benchmark.stdlist.xml`` (and by the official script when
+  the QUESST 2014 root has it); ``--qbe-dev-layers`` adds a dev sweep over layers.
+
+Each task is a :class:`score_s3prl.recipes.Recipe` (``RECIPES``). The runner is split by job:
+this module parses the command line and runs the loop (it appends each score stage's rows to the
+results CSV), :mod:`.checks` checks the inputs, :mod:`.plan` builds the stages,
+:mod:`.demo` the demo's, :mod:`.stages` runs them resumably, :mod:`.settings` holds what a run is.
+
+Data roots come from ``--libri-root`` / ``$LIBRISPEECH_ROOT``, ``--quesst-root`` /
+``$QUESST14_ROOT`` and, optionally, ``--lexicon`` / ``$LIBRISPEECH_LEXICON`` (without it a lexicon
+is written from CMUdict); all of them, and the upstream checkpoints, are checked before any
+stage starts. Finished stages are skipped on a re-run unless their settings or the content of their
+upstream checkpoint changed (``--force`` redoes them all), and a training that died resumes from its
+last ``states-*.ckpt``; ``--dry-run``
+prints the commands. Each measurement is appended to the results CSV (``--results``), and a
+summary table (our relative gains beside the paper's) and a bar chart (``--plot``) end the run.
+
+``demo`` needs no data and no weights (:mod:`.demo`): tiny models, bundled audio, the three
+tasks on the CPU in about a minute on 2 cores; its numbers are not SUPERB numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+from pathlib import Path
+
+from ..errors import ScoreError
+from ..recipes import RECIPES
+from . import results
+from .checks import check_inputs
+from .demo import DEMO_FINETUNE_STEPS, DEMO_NOTICE, DEMO_STEPS, demo_stages
+from .plan import Planner, main_rows, rows_of
+from .settings import DEFAULT_UPSTREAMS, ENV, LAST_LAYER, Settings, Upstream, parse_upstream
+from .stages import Pipeline, Stage
+
+TASK_CHOICES = (*RECIPES, "all", "demo")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="score-s3prl superb",
+                                     description="SUPERB ASR, PR and QbE through stock s3prl, baseline vs SCORE.",
+                                     epilog="Environment: " + ", ".join(f"${v} (--{k.replace('_', '-')})"
+                                                                       for k, v in ENV.items()))
+    parser.add_argument("task", choices=TASK_CHOICES, help="asr, pr, qbe, all (the three) or demo")
+    parser.add_argument("--upstream", action="append", metavar="NAME[=CKPT]",
+                        help="s3prl upstream, repeatable, the first is the baseline "
+                             "(default: hubert_base, score_hubert=$SCORE_HUBERT_CKPT)")
+    parser.add_argument("--libri-root", type=Path, metavar="DIR", help="LibriSpeech folder with train-clean-100, dev-clean, test-clean")
+    parser.add_argument("--quesst-root", type=Path, metavar="DIR", help="the quesst14Database folder")
+    parser.add_argument("--lexicon", type=Path, metavar="FILE", help="word -> phones lexicon for PR (default: written from CMUdict)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="run folder (default: exp/superb; demo: demo)")
+    parser.add_argument("--results", type=Path, metavar="CSV", help="results CSV (default: results/superb_results.csv; "
+                                                     "demo: <out>/superb_results.csv)")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="gains chart PNG (default: superb_gains.png beside the CSV)")
+    parser.add_argument("--device", default="auto", help="s3prl --device: auto (cuda if available), cpu, cuda (demo: cpu)")
+    parser.add_argument("--steps", type=int, help="ASR/PR training updates (default: the recipe's; demo: 20)")
+    parser.add_argument("--workers", type=int, help="dataloader workers (default: the recipe's; demo: 0)")
+    parser.add_argument("--qbe-layer", type=int, default=LAST_LAYER, help="QbE layer on test (default: -1, the last)")
+    parser.add_argument("--qbe-dev-layers", default="", metavar="LAYERS",
+                        help="QbE dev sweep over layers, e.g. 0-12 or 3,6,9 (default: none)")
+    parser.add_argument("--finetune-steps", type=int, default=DEMO_FINETUNE_STEPS,
+                        help=f"demo: SCORE updates of the tiny model (default: {DEMO_FINETUNE_STEPS})")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--force", action="store_true", help="redo finished stages")
+    args = parser.parse_args(argv)
+    for name in ("steps", "finetune_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.workers is not None and args.workers < 0:
+        parser.error("--workers must be 0 or more")
+    return args
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """``"0-3,6"`` -> (0, 1, 2, 3, 6)."""
+    layers: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        match = re.fullmatch(r"(-?\d+)(?:-(\d+))?", part)
+        if not match:
+            raise ScoreError(f"--qbe-dev-layers {text!r}: expected layers like 0-12 or 3,6,9")
+        first, last = int(match[1]), int(match[2] if match[2] is not None else match[1])
+        if last < first:
+            raise ScoreError(f"--qbe-dev-layers {text!r}: {part} is an empty range (write {last}-{first})")
+        layers += range(first, last + 1)
+    return tuple(dict.fromkeys(layers))
+
+
+def _env_path(value: Path | None, setting: str) -> Path | None:
+    if value is None and os.environ.get(ENV[setting]):
+        value = Path(os.environ[ENV[setting]])
+    return value.expanduser().resolve() if value is not None else None
+
+
+def resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    demo = args.task == "demo"
+    out = (args.out or Path("demo" if demo else "exp/superb")).expanduser().resolve()
+    csv = (args.results or (out / "superb_results.csv" if demo else Path("results/superb_results.csv")))
+    csv = csv.expanduser().resolve()
+    if demo:
+        given = [f"--{name.replace('_', '-')}" for name in ("upstream", "libri_root", "quesst_root", "lexicon")
+                 if getattr(args, name)]
+        if given:
+            raise ScoreError(f"demo: {', '.join(given)} not taken; the demo builds its own data and models")
+    return Settings(
+        tasks=tuple(RECIPES) if args.task in ("all", "demo") else (args.task,),
+        upstreams=() if demo else tuple(parse_upstream(u) for u in (args.upstream or DEFAULT_UPSTREAMS)),
+        out=out, results=csv, plot=(args.plot or csv.with_name("superb_gains.png")).expanduser().resolve(),
+        libri_root=_env_path(args.libri_root, "libri_root"), quesst_root=_env_path(args.quesst_root, "quesst_root"),
+        lexicon=_env_path(args.lexicon, "lexicon"), device="cpu" if demo else resolve_device(args.device),
+        steps=args.steps or (DEMO_STEPS if demo else None), workers=0 if demo and args.workers is None else args.workers,
+        qbe_layer=args.qbe_layer, qbe_dev_layers=parse_layers(args.qbe_dev_layers), demo=demo,
+        # tiny models gain nothing from more threads, and spinning OpenMP threads slow a shared CPU
+        env=(("OMP_NUM_THREADS", "1"),) if demo else (),
+    )  # fmt: skip
+
+
+def record_results(csv_path: Path, stage: Stage) -> int:
+    """Append the rows a score stage just produced to the results CSV; returns how many."""
+    rows = rows_of([stage])
+    results.append_results(csv_path, rows)
+    return len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = settings_from(args)
+    pipeline = Pipeline(force=args.force, dry_run=args.dry_run, terminal=sys.stdout)
+    if settings.demo:
+        pipeline.say(DEMO_NOTICE)
+        stages, data, base, export = demo_stages(settings, args.finetune_steps)
+        for stage in stages:
+            pipeline.run(stage)
+        settings = dataclasses.replace(
+            settings, libri_root=data / "LibriSpeech", quesst_root=data / "quesst14Database",
+            upstreams=(Upstream("hubert_local", str(base)), Upstream("score_hubert_local", str(export))))
+    if not (settings.demo and args.dry_run):  # a demo dry run has not built what it would check
+        check_inputs(settings)
+    planner = Planner(settings)
+    appended = 0  # rows appended to the results CSV by this invocation
+    for stage in planner.stages():
+        # a score stage that ran now has new rows; one done before recorded its rows then
+        if pipeline.run(stage) and stage in planner.score_stages:
+            appended += record_results(settings.results, stage)
+    if args.dry_run:
+        return 0
+    rows = rows_of(planner.score_stages)
+    pipeline.say("\n" + results.summary_table(rows))
+    if any(r.relative_gain_pct is not None for r in main_rows(rows)):
+        results.plot_gains(main_rows(rows), settings.plot)
+        pipeline.say(f"gains chart: {settings.plot}")
+    pipeline.say(f"{appended} rows appended to {settings.results}")
+    if settings.demo:
+        pipeline.say(DEMO_NOTICE)
+    return 0

@@ -1,0 +1,54 @@
+"""The demo of ``score-s3prl superb demo``: data, a tiny base model and its SCORE fine-tuning.
+
+No data and no weights needed: a tiny LibriSpeech-layout corpus and a tiny QUESST-layout set from
+the bundled audio, a tiny random HuBERT (``make-tiny``), SCORE-fine-tuned (``finetune``,
+``upstream_configs/score_tiny.yaml``); the runner then evaluates both with each recipe's
+``demo_settings``.
+
+The baseline is stock s3prl's ``hubert_local -k <tiny base>``: like the real baseline
+``hubert_base`` it loads through s3prl's own code, none of ours, so a loader of ours cannot flatter
+or handicap the baseline; the SCORE side is ``score_hubert_local -k <export>``. Both build s3prl's
+HuBERT expert, so they differ only in weights. The demo's numbers show that the pipeline works end
+to end; they are not SUPERB numbers.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import demo_data
+from .settings import Settings
+from .stages import Stage
+
+REPO = Path(__file__).resolve().parents[2]
+SCORE_CLI = [sys.executable, "-m", "score_s3prl.cli"]
+DEMO_STEPS = 20  # downstream updates per ASR/PR training in the demo
+DEMO_FINETUNE_STEPS = 40  # SCORE updates of the tiny model in the demo
+DEMO_NOTICE = "demo: tiny random models on 6 utterances; these numbers are NOT SUPERB numbers"
+
+
+def demo_stages(settings: Settings, finetune_steps: int) -> tuple[list[Stage], Path, Path, Path]:
+    """Data, tiny base model and its SCORE fine-tuning; returns (stages, data root, base, export)."""
+    out, env = settings.out, dict(settings.env)
+    data = out / "data"
+
+    def build() -> dict[str, Any]:
+        return {"librispeech": str(demo_data.build_librispeech(data)), "quesst": str(demo_data.build_quesst(data))}
+
+    corpora = Stage("demo/data", out, "data", action=build, clean=data,
+                    describe=f"LibriSpeech- and QUESST-layout corpora from {demo_data.ASSETS} -> {data}")
+    base = out / "models" / "tiny_base.pt"
+    tiny = Stage("demo/make-tiny", out, "make-tiny", command=lambda: [*SCORE_CLI, "make-tiny", str(base), "--seed", "0"],
+                 env=env)
+    tuned = out / "score_tiny"
+    finetune = Stage(
+        "demo/finetune", out, "finetune", deps=(tiny,), env=env, clean=tuned,
+        command=lambda: [*SCORE_CLI, "finetune", "--config", str(REPO / "upstream_configs" / "score_tiny.yaml"),
+                         "--init", str(base), "--data", str(demo_data.ASSETS), "--out", str(tuned),
+                         "--steps", str(finetune_steps), "--device", "cpu"],
+    )  # fmt: skip
+    from ..train import EXPORT_FILE
+
+    return [corpora, tiny, finetune], data, base, tuned / EXPORT_FILE

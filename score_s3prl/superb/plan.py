@@ -1,0 +1,274 @@
+"""The stages of a ``score-s3prl superb`` run (:class:`Planner`), built from the recipes.
+
+Each task's :class:`score_s3prl.recipes.Recipe` names the :class:`Planner` method that builds its
+stages (``plan``): :meth:`Planner.trained` (prepare, train, evaluate the best dev checkpoint,
+score: ASR, PR) or :meth:`Planner.qbe` (evaluate per layer, score MTWV). A score stage returns
+its result rows in its outputs (:func:`scored_rows`); the caller appends them to the results CSV.
+
+The experiment folders are given with ``-p`` (absolute) rather than ``-n``: s3prl stores the
+expdir in its checkpoints, and a path relative to one working directory breaks ``-e`` from
+another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from .. import corpora
+from ..errors import ScoreError
+from ..hashing import file_sha256, json_hash
+from ..recipes import RECIPES, DataPaths
+from . import mtwv, results
+from .metrics import recipe_error_rate
+from .settings import LAST_LAYER, QBE_GROUNDTRUTH, SPLITS, Settings, Upstream
+from .stages import Stage
+
+LAUNCHER = [sys.executable, "-m", "score_s3prl.run_downstream"]  # stock s3prl run_downstream.py, with our recipes
+
+
+def override(values: dict[str, Any]) -> list[str]:
+    """``["-o", "k=v,,k=v"]``, or nothing for no values."""
+    return ["-o", corpora.override(values)] if values else []
+
+
+class Planner:
+    """Builds the stages of a run; shared stages (data preparation) are built once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.env = dict(settings.env)
+        self.score_stages: list[Stage] = []  # every stage that yields result rows, in order
+        self.digests: dict[str | None, str | None] = {}  # upstream checkpoint -> checkpoint_digest
+        self._prepare: dict[str, Stage] = {}  # task -> its preparation stage, shared by the upstreams
+
+    @property
+    def prepared(self) -> Path:
+        return self.settings.out / "prepared"
+
+    def data_paths(self, task: str) -> DataPaths:
+        """Where ``task``'s data is; its preparation writes under ``<out>/prepared/<task>``."""
+        s = self.settings
+        return DataPaths(prepared=self.prepared / task, libri_root=s.libri_root, quesst_root=s.quesst_root,
+                         lexicon=s.lexicon, splits=SPLITS)
+
+    def prepare_stages(self, task: str) -> list[Stage]:
+        """The stage writing ``task``'s prepared files (built once per task), or none when the
+        recipe needs none or the user gave what it would write."""
+        recipe, paths = RECIPES[task], self.data_paths(task)
+        if recipe.prepare is None or (recipe.given_instead and getattr(paths, recipe.given_instead)):
+            return []
+        if task not in self._prepare:
+            prepare = recipe.prepare
+
+            def action() -> dict[str, Any]:
+                prepare(paths)
+                return {"overrides": corpora.override(recipe.data_overrides(paths))}
+
+            self._prepare[task] = Stage(
+                f"prepare/{task}", self.prepared, task, action=action,
+                clean=paths.prepared, describe=f"{recipe.prepare.__doc__ or 'prepare'} ({', '.join(SPLITS)}) -> "
+                                               f"{paths.prepared}",
+                settings={**{root: str(getattr(paths, root)) for root in recipe.data_roots}, "splits": SPLITS})
+        return [self._prepare[task]]
+
+    def data_overrides(self, task: str) -> dict[str, Any]:
+        """The ``-o`` keys that point ``task``'s recipe at the data (known before preparation
+        runs: a dry run prints them)."""
+        return RECIPES[task].data_overrides(self.data_paths(task))
+
+    def setting_overrides(self, task: str) -> dict[str, Any]:
+        """The ``-o`` keys of the evaluation protocol: paper settings, demo, --steps, --workers."""
+        spec, s = RECIPES[task], self.settings
+        values = {**spec.paper_settings, **(spec.demo_settings if s.demo else {})}
+        if s.workers is not None:
+            values.update(dict.fromkeys(spec.worker_keys, s.workers))
+        if s.steps is not None and spec.best_checkpoint:
+            runner = yaml.safe_load(spec.config_path.read_text())["runner"]
+            values["config.runner.total_steps"] = s.steps
+            for key in ("eval_step", "save_step", "log_step"):  # so that a short run still saves
+                values[f"config.runner.{key}"] = min(runner[key], s.steps)
+        return values
+
+    def upstream_digest(self, upstream: Upstream) -> dict[str, str | None]:
+        """Stage settings naming the upstream's weights by content, so that new weights saved at
+        the same path (a re-run fine-tuning) are trained on and evaluated again, not skipped."""
+        if upstream.ckpt not in self.digests:
+            self.digests[upstream.ckpt] = checkpoint_digest(upstream.ckpt)
+        return {"upstream_sha256": self.digests[upstream.ckpt]}
+
+    def row_hash(self, task: str, upstream: Upstream, split: str, layer: int | None) -> str:
+        """json_hash of what defines a measurement (data paths aside)."""
+        return json_hash({"task": task, "upstream": dataclasses.asdict(upstream), "split": split,
+                                    "layer": layer, "settings": self.setting_overrides(task)})
+
+    def stages(self) -> list[Stage]:
+        """Every stage of the run, in order: per task, the baseline first."""
+        out = []
+        for task in self.settings.tasks:
+            baseline_score = None
+            for upstream in self.settings.upstreams:
+                chain = getattr(self, RECIPES[task].plan)(task, upstream, baseline_score)
+                baseline_score = baseline_score or [s for s in chain if s in self.score_stages]
+                out += chain
+        return out
+
+    def trained(self, task: str, upstream: Upstream, baseline: list[Stage] | None) -> list[Stage]:
+        """ASR / PR: prepare, train, evaluate the best dev checkpoint on the test split, score."""
+        spec, s = RECIPES[task], self.settings
+        run = s.out / task / upstream.label
+        prep = self.prepare_stages(task)
+        train_dir, eval_dir = run / "train", run / spec.test_split
+        best = train_dir / spec.best_checkpoint
+
+        def train_command() -> list[str]:
+            return [*LAUNCHER, "-m", "train", *upstream.flags, "-d", spec.downstream, "-p", str(train_dir),
+                    "--device", s.device,
+                    *override({**self.data_overrides(task), **self.setting_overrides(task)})]
+
+        def resume_command() -> list[str] | None:
+            # s3prl continues from the folder's newest states-*.ckpt, with the args and config saved in it
+            if not any(train_dir.glob("states-*.ckpt")):
+                return None
+            return [*LAUNCHER, "-m", "train", "-e", str(train_dir), "--device", s.device]
+
+        train = Stage(f"{task}/{upstream.label}/train", run, "train", command=train_command, deps=tuple(prep),
+                      cwd=run, env=self.env, clean=train_dir, action=lambda: {"checkpoint": chosen_checkpoint(best)},
+                      describe="pick the checkpoint to evaluate", settings=self.upstream_digest(upstream),
+                      resume=resume_command)
+
+        # planned with the best dev checkpoint's path (what the dry run prints and the key hashes);
+        # at run time -e becomes the checkpoint training chose (a short run may have saved no best)
+        eval_command = [*LAUNCHER, "-m", "evaluate", "-e", str(best), "-t", spec.test_split, "--device", s.device,
+                        *override({"args.expdir": str(eval_dir)})]
+
+        def chosen(argv: list[str]) -> list[str]:
+            ckpt = train.output("checkpoint", str(best))
+            return [ckpt if arg == str(best) else arg for arg in argv]
+
+        evaluate = Stage(f"{task}/{upstream.label}/evaluate", run, f"evaluate-{spec.test_split}",
+                         command=lambda: eval_command, at_run=chosen, deps=(train,), cwd=run, env=self.env,
+                         clean=eval_dir)
+
+        def score() -> dict[str, Any]:
+            rate = recipe_error_rate(eval_dir, task, spec.test_split)
+            row = self.row(task, spec.metric, upstream, spec.test_split, rate.percent, eval_dir,
+                           self.row_hash(task, upstream, spec.test_split, None), baseline)
+            return scored_rows([row], dataclasses.asdict(rate))
+
+        scored = self.score_stage(f"{task}/{upstream.label}/score", run, f"score-{spec.test_split}", score,
+                                  (evaluate, *(baseline or ())),
+                                  f"{spec.metric.upper()} from {eval_dir}/*-hyp.ark and *-ref.ark")
+        return [*prep, train, evaluate, scored]
+
+    def qbe(self, task: str, upstream: Upstream, baseline: list[Stage] | None) -> list[Stage]:
+        """QbE: evaluate on test with ``--qbe-layer``, then the dev sweep; score each with MTWV."""
+        s = self.settings
+        runs = [("test", s.qbe_layer, "test" if s.qbe_layer == LAST_LAYER else f"test-layer{s.qbe_layer}")]
+        runs += [("dev", layer, f"dev-layer{layer}") for layer in s.qbe_dev_layers]
+        chain = []
+        for split, layer, label in runs:
+            chain += self.qbe_run(task, upstream, split, layer, label, baseline)
+        return chain
+
+    def qbe_run(self, task: str, upstream: Upstream, split: str, layer: int, label: str,
+                baseline: list[Stage] | None) -> list[Stage]:
+        s, metric = self.settings, RECIPES[task].metric
+        run = s.out / task / upstream.label
+        eval_dir = run / label
+        command = [*LAUNCHER, "-m", "evaluate", "-t", split, *upstream.flags, "-d", RECIPES[task].downstream,
+                   "-l", str(layer), "-p", str(eval_dir), "--device", s.device,
+                   *override({**self.data_overrides(task), **self.setting_overrides(task)})]
+        evaluate = Stage(f"{task}/{upstream.label}/evaluate-{label}", run, f"evaluate-{label}",
+                         command=lambda: command, cwd=run, env=self.env, clean=eval_dir,
+                         settings=self.upstream_digest(upstream))
+        stdlist = eval_dir / "benchmark.stdlist.xml"
+        truth = QBE_GROUNDTRUTH[split]
+
+        def score() -> dict[str, Any]:
+            native = mtwv.qbe_score(stdlist, s.quesst_root / "scoring" / truth)
+            official = mtwv.official_mtwv(s.quesst_root, stdlist, truth)
+            config = self.row_hash(task, upstream, split, layer)
+            rows = [self.row(task, metric, upstream, label, native.max_twv, eval_dir, config, baseline)]
+            if official is not None:
+                rows.append(self.row(task, f"{metric}_official", upstream, label, official, eval_dir, config, baseline))
+            return scored_rows(rows, {**mtwv.as_json(native), "official_mtwv": official})
+
+        scored = self.score_stage(f"{task}/{upstream.label}/score-{label}", run, f"score-{label}", score,
+                                  (evaluate, *(baseline or ())),
+                                  f"MTWV of {stdlist} against {truth} (and the official script if present)")
+        return [evaluate, scored]
+
+    def score_stage(self, name: str, folder: Path, stem: str, action, deps, describe: str) -> Stage:
+        stage = Stage(name, folder, stem, action=action, deps=tuple(deps), describe=describe,
+                      settings={"results": str(self.settings.results)})
+        self.score_stages.append(stage)
+        return stage
+
+    def row(self, task: str, metric: str, upstream: Upstream, split: str, value: float, run_dir: Path,
+            config: str, baseline: list[Stage] | None) -> results.ResultRow:
+        """One results row; the gain is against the baseline's row of the same metric and split."""
+        gain = None
+        if baseline is not None:
+            base = [r for r in rows_of(baseline) if (r.metric, r.split) == (metric, split)]
+            if not base:
+                raise ScoreError(f"{task}: the baseline has no {metric} on {split} to compare {upstream.name} with")
+            gain = results.relative_gain(value, base[-1].value, RECIPES[task].lower_is_better)
+        return results.ResultRow(
+            task=task, metric=metric, upstream=upstream.name, checkpoint=upstream.ckpt or "", split=split,
+            value=float(value), lower_is_better=RECIPES[task].lower_is_better, run_dir=str(run_dir),
+            git_commit=results.git_commit(), config_hash=config, relative_gain_pct=gain,
+        )  # fmt: skip
+
+
+def scored_rows(rows: list[results.ResultRow], detail: dict[str, Any]) -> dict[str, Any]:
+    """A score stage's outputs: its result ``rows`` (appended to the results CSV by the caller,
+    ``record_results`` in :mod:`.cli`) and the measurement's ``detail``."""
+    return {"rows": [dataclasses.asdict(r) for r in rows], "detail": detail}
+
+
+def checkpoint_digest(ckpt: str | None) -> str | None:
+    """SHA-256 of a local upstream checkpoint's bytes; None without one, for a URL, or for a file
+    not written yet (a demo dry run)."""
+    if not ckpt or "://" in ckpt or not os.path.isfile(ckpt):
+        return None
+    return file_sha256(ckpt)
+
+
+def chosen_checkpoint(best: Path) -> str:
+    """``best`` if training saved it, else its newest ``states-*.ckpt`` (with a warning).
+
+    s3prl saves the best-dev checkpoint only when a dev score beats the expert's start value
+    (ASR: a WER under 100 %), which a very short run may never reach.
+
+    Raises:
+        ScoreError: training left no checkpoint at all.
+    """
+    if best.is_file():
+        return str(best)
+    states = sorted(best.parent.glob("states-*.ckpt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    if not states:
+        raise ScoreError(f"{best.parent}: training saved no checkpoint (neither {best.name} nor states-*.ckpt)")
+    print(f"warning: {best} was not saved (no dev score beat the start value); evaluating {states[-1].name}")
+    return str(states[-1])
+
+
+def rows_of(stages: Sequence[Stage]) -> list[results.ResultRow]:
+    """The result rows recorded by finished score stages."""
+    return [results.ResultRow(**row) for stage in stages for row in stage.output("rows", [])]
+
+
+def main_rows(rows: Sequence[results.ResultRow]) -> list[results.ResultRow]:
+    """The rows the gains chart shows: each task's own metric on its test split."""
+    def main(row: results.ResultRow) -> bool:
+        spec = RECIPES[row.task]
+        test = row.split == spec.test_split or row.split.startswith(f"{spec.test_split}-layer")
+        return row.metric == spec.metric and test
+
+    return [r for r in rows if main(r)]
