@@ -170,6 +170,7 @@ def cli_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "score_s3prl.cli", "probe", "--no-progress", *args]
 
 
+@pytest.mark.slow  # two subprocesses loading s3prl
 def test_cli_tiny_hubert_through_the_hub_end_to_end(tiny_ckpt, assets_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     common = ["--upstream", f"score_hubert_local={tiny_ckpt}", "--audio", str(assets_dir / "test-other"),

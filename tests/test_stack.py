@@ -31,6 +31,7 @@ def expected_line() -> str:
             f"torchaudio {stack.installed_version('torchaudio')}; fix: {stack.fix_command(torch_version)}")
 
 
+@pytest.mark.slow  # a fresh interpreter per entry point
 @pytest.mark.parametrize("command", [
     [sys.executable, "-m", "score_s3prl.cli", "finetune", "--help"],
     [sys.executable, "-m", "score_s3prl.cli", "qbe-score", "x.xml", "gt"],
@@ -45,6 +46,7 @@ def test_entry_points_print_one_line(broken_torchaudio, command, tmp_path):
     assert result.stderr.splitlines() == [expected_line()]
 
 
+@pytest.mark.slow
 def test_hub_entries_raise_one_line(broken_torchaudio, tmp_path):
     code = ("from score_s3prl.stack import StackError\n"
             "try:\n    import score_s3prl.hub\nexcept StackError as exc:\n    print('stopped:', exc)\n")
