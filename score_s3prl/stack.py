@@ -52,7 +52,11 @@ def fix_command(torch_version: str) -> str:
     return f"pip install 'torch=={LOCKED_TORCH}' 'torchaudio=={LOCKED_TORCHAUDIO}'"
 
 
-def _first_line(exc: BaseException) -> str:
+def _root_cause(exc: BaseException) -> str:
+    """First line of the innermost chained error: torchaudio wraps the loader's
+    ``undefined symbol: ...`` in ``Could not load this library``, which names no reason."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
 
@@ -75,7 +79,7 @@ def require_loadable() -> None:
         except (ImportError, OSError, RuntimeError) as exc:  # what a broken shared library raises
             torch_version = installed_version("torch")
             raise StackError(
-                f"{module} cannot be loaded ({_first_line(exc)}); installed: torch {torch_version}, "
+                f"{module} cannot be loaded ({_root_cause(exc)}); installed: torch {torch_version}, "
                 f"torchaudio {installed_version('torchaudio')}; fix: {fix_command(torch_version)}"
             ) from None
     _checked = True

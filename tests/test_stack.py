@@ -20,7 +20,10 @@ def broken_torchaudio(tmp_path_factory) -> dict[str, str]:
     """An environment whose `import torchaudio` raises what a torchaudio built for another torch raises."""
     shadow = tmp_path_factory.mktemp("shadow") / "torchaudio"
     shadow.mkdir()
-    (shadow / "__init__.py").write_text(f"raise OSError({UNDEFINED!r})\n")
+    # as torchaudio 2.11.1 does: the loader's reason, wrapped in a message that names none
+    (shadow / "__init__.py").write_text(
+        f"try:\n    raise OSError({UNDEFINED!r})\n"
+        "except OSError as e:\n    raise OSError('Could not load this library: libtorchaudio.so') from e\n")
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow.parent), str(REPO)]),
             "SCORE_S3PRL_PYTHON": sys.executable}
 
