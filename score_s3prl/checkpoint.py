@@ -35,10 +35,9 @@ def read_converted(path: str | os.PathLike) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ScoreError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ScoreError(f"{path}: not a loadable checkpoint ({exc})") from exc
+    from .safeload import load_checkpoint
+
+    state = load_checkpoint(path)  # weights only: a checkpoint cannot choose code to run
     if not isinstance(state, dict):
         raise ScoreError(f"{path}: checkpoint is a {type(state).__name__}, expected a dict")
     missing = [key for key in REQUIRED_KEYS if key not in state]
