@@ -78,14 +78,14 @@ def check_hubert(state: dict[str, Any], source: str) -> None:
 
 
 def _download(url: str, refresh: bool) -> str:
-    from s3prl.util import download
+    """hubert_base from s3prl's download cache (see :func:`score_s3prl.download.fetch`);
+    only a file that loads as a base model is cached."""
+    from .download import fetch
 
     try:
-        return download._urls_to_filepaths(url, refresh=refresh)
-    except Exception as exc:
-        raise ScoreError(
-            f"hubert_base: cannot download {url} ({exc}); when offline, pass a local checkpoint"
-        ) from exc
+        return str(fetch(url, refresh=refresh, validate=_load_pt))
+    except ScoreError as exc:
+        raise ScoreError(f"hubert_base: {exc}; when offline, pass a local checkpoint") from exc
 
 
 # ----------------------------------------------------------------------------- .pt files
