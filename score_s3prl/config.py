@@ -90,7 +90,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     seed: NonNegativeInt = 0  # seeds model head, batch order, crops and views: same seed, same run
-    init: NonEmptyStr = "hubert_base"  # base: hubert_base | converted .pt | fairseq .pt | HF directory
+    init: NonEmptyStr | None = "hubert_base"  # base: hubert_base | converted .pt | fairseq .pt | HF directory
     out: NonEmptyStr = "exp/score_hubert_base"  # run directory: checkpoints, logs, TensorBoard, export
     device: Device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)

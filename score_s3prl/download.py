@@ -47,7 +47,7 @@ def fetch(
     url: str,
     refresh: bool = False,
     validate: Callable[[Path], None] | None = None,
-    timeout: float = TIMEOUT_S,
+    timeout: float | None = None,
 ) -> Path:
     """The cached file of ``url``, downloaded first if absent, refused or ``refresh``.
 
@@ -57,7 +57,9 @@ def fetch(
     Raises:
         DownloadError: one line naming the URL: bad scheme, no answer within ``timeout``,
             an HTTP error status, a truncated body, or a file ``validate`` refuses.
+    ``timeout`` defaults to :data:`TIMEOUT_S` (seconds, for connecting and for each read).
     """
+    timeout = TIMEOUT_S if timeout is None else timeout
     scheme = urllib.parse.urlparse(url).scheme.lower()
     if scheme not in SCHEMES:
         raise DownloadError(f"{url}: cannot download checkpoint (URL scheme {scheme or 'missing'!r}; "
