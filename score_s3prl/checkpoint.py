@@ -63,9 +63,16 @@ def build_hubert(state: dict[str, Any], source: str = "<checkpoint>"):
     )
     from s3prl.upstream.utils import merge_with_parent
 
-    task_cfg = merge_with_parent(HubertPretrainingConfig, dict(state["task_cfg"]))
-    model_cfg = merge_with_parent(HubertConfig, dict(state["model_cfg"]))
-    model = HubertModel(model_cfg, task_cfg, state["dictionaries_symbols"])
+    weights = state["model_weight"]
+    if not isinstance(weights, dict) or not all(isinstance(w, torch.Tensor) for w in weights.values()):
+        raise ScoreError(f"{source}: model_weight is not a dict of tensors")
+    try:
+        task_cfg = merge_with_parent(HubertPretrainingConfig, dict(state["task_cfg"]))
+        model_cfg = merge_with_parent(HubertConfig, dict(state["model_cfg"]))
+        model = HubertModel(model_cfg, task_cfg, state["dictionaries_symbols"])
+    except Exception as exc:  # a crafted config surfaces as TypeError, ValueError, AssertionError, ...
+        first = (str(exc).splitlines() or [""])[0]
+        raise ScoreError(f"{source}: not a HuBERT model config ({type(exc).__name__}: {first})") from exc
     check_state_dict(model, state["model_weight"], source)
     model.load_state_dict(state["model_weight"])
     return model.eval(), task_cfg
