@@ -257,8 +257,9 @@ def _describe(error: dict[str, Any]) -> str:
         expected = error["msg"]
         for pattern, replacement in _PHRASES:
             expected = re.sub(pattern, replacement, expected)
-    value = error.get("input")
-    return f"{key or 'config'} = {value!r}: {expected}"
+    value = repr(error.get("input"))
+    value = value if len(value) <= 60 else value[:57] + "..."  # a whole section given as a value
+    return f"{key or 'config'} = {value}: {expected}"
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:

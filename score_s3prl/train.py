@@ -341,8 +341,9 @@ def train(cfg: TrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     ranks = init_distributed(cfg.device)
     if ranks.main:  # leftovers of writes a kill -9 interrupted (this run dir only)
-        for folder in (out, Path(cfg.data.cache_dir or out / "cache")):
-            remove_stale_temps(folder)
+        remove_stale_temps(out)  # only rank 0 writes here
+        if ranks.world == 1:  # every rank writes the scan cache: another host's pids are not ours to judge
+            remove_stale_temps(Path(cfg.data.cache_dir or out / "cache"))
     device = pick_device(cfg.device, ranks)
     seed_everything(cfg.seed)  # the same head init on every rank
 
