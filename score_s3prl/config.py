@@ -242,6 +242,7 @@ def validate(values: dict[str, Any], where: str | None = None, cls: type | None 
 _PHRASES = (
     (r"^Input should be ", "expected "),
     (r"^String should match pattern ", "expected a string matching "),
+    (r"a valid array", "a list ([a, b, ...])"),
     (r"^(List|String) should have at least (\d+) (item|character).*", r"expected at least \2 \3(s)"),
 )
 

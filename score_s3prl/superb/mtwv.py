@@ -117,7 +117,7 @@ def find_groundtruth(directory: str | os.PathLike) -> tuple[Path, Path, Path]:
         matches = sorted(directory.glob(pattern))
         if len(matches) != 1:
             names = ", ".join(m.name for m in matches)
-            problem = f"{len(matches)} ({names})" if matches else "no"
+            problem = f"{len(matches)} ({names})" if matches else "none"
             raise ScoreError(f"{directory}: expected exactly one {pattern} file, found {problem}")
         found.append(matches[0])
     return found[0], found[1], found[2]
