@@ -15,12 +15,9 @@ can merge tuned weights into exactly what was loaded.
 
 from __future__ import annotations
 
-import _compat_pickle
 import json
 import os
-import pickle
 import re
-import types
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ import torch
 from .checkpoint import REQUIRED_KEYS, build_hubert
 from .errors import ScoreError
 from .hashing import file_sha256
+from .safeload import CheckpointError, load_checkpoint, load_fairseq_checkpoint, plain, resolve_interpolations
 
 # The non-legacy URL in s3prl/upstream/hubert/hubconf.py:hubert_base (s3prl's converted
 # format of fairseq's hubert_base_ls960.pt). tests/test_base_models.py checks it is still there.
@@ -80,28 +78,31 @@ def check_hubert(state: dict[str, Any], source: str) -> None:
 
 
 def _download(url: str, refresh: bool) -> str:
-    from s3prl.util import download
+    """hubert_base from s3prl's download cache (see :func:`score_s3prl.download.fetch`);
+    only a file that loads as a base model is cached."""
+    from .download import fetch
 
     try:
-        return download._urls_to_filepaths(url, refresh=refresh)
-    except Exception as exc:
-        raise ScoreError(
-            f"hubert_base: cannot download {url} ({exc}); when offline, pass a local checkpoint"
-        ) from exc
+        return str(fetch(url, refresh=refresh, validate=_load_pt))
+    except ScoreError as exc:
+        raise ScoreError(f"hubert_base: {exc}; when offline, pass a local checkpoint") from exc
 
 
 # ----------------------------------------------------------------------------- .pt files
 
 
 def _load_pt(path: Path) -> dict[str, Any]:
-    """Read a converted or fairseq checkpoint, telling them apart by their keys."""
+    """Read a converted or fairseq checkpoint, telling them apart by their keys.
+
+    Both loaders run no code the file names (:mod:`score_s3prl.safeload`): torch's
+    weights-only unpickler first, then, for the fairseq objects it refuses, an exact
+    allow-list with inert stand-ins.
+    """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # fairseq checkpoints pickle fairseq objects (label dictionaries, meters)
-        state = _load_fairseq_pickle(path)
-    except Exception as exc:
-        raise ScoreError(f"{path}: not a loadable checkpoint ({exc})") from exc
+        state = load_checkpoint(path)
+    except CheckpointError:
+        # fairseq checkpoints pickle fairseq objects (label dictionaries, configs, meters)
+        state = load_fairseq_checkpoint(path)
     if not isinstance(state, dict):
         raise ScoreError(f"{path}: checkpoint is a {type(state).__name__}, expected a dict")
     if all(key in state for key in REQUIRED_KEYS):
@@ -120,13 +121,12 @@ def convert_fairseq_state(state: dict[str, Any], source: str) -> dict[str, Any]:
     The mapping is s3prl's own (``s3prl.upstream.hubert.convert``): ``cfg.task`` and
     ``cfg.model`` become the configs, ``model`` the weights (s3prl's HubertModel is fairseq's,
     with the same parameter names), and the task's label dictionaries their symbol lists.
+    An omegaconf ``cfg`` arrives as stand-ins (see :mod:`score_s3prl.safeload`) and is made
+    plain data here, its interpolations resolved.
     """
-    cfg = state["cfg"]
-    if cfg is not None and not isinstance(cfg, dict):
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(cfg):
-            cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = plain(state["cfg"])
+    if isinstance(cfg, dict):
+        cfg = resolve_interpolations(cfg, source)
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
         raise ScoreError(f"{source}: fairseq checkpoint without a model config (cfg.model)")
     name = str(cfg["model"].get("_name", "hubert"))
@@ -136,77 +136,17 @@ def convert_fairseq_state(state: dict[str, Any], source: str) -> dict[str, Any]:
     if dictionaries is None:
         raise ScoreError(f"{source}: fairseq checkpoint without task_state.dictionaries")
     try:
-        symbols = [list(d.symbols) for d in dictionaries]
+        symbols = [[str(symbol) for symbol in d.symbols] for d in dictionaries]
     except (AttributeError, TypeError) as exc:
         raise ScoreError(f"{source}: unreadable label dictionaries in task_state ({exc})") from exc
+    if not isinstance(state["model"], dict):
+        raise ScoreError(f"{source}: fairseq checkpoint whose `model` is not a dict of weights")
     return {
         "task_cfg": dict(cfg.get("task") or {}),
         "model_cfg": dict(cfg["model"]),
         "model_weight": state["model"],
         "dictionaries_symbols": symbols,
     }
-
-
-class _FairseqObject:
-    """Stands in for a fairseq class while unpickling: keeps the pickled state as attributes."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args, self.kwargs = args, kwargs
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, dict):
-            self.__dict__.update(state)
-        else:
-            self.state = state
-
-
-# Globals a fairseq checkpoint may reference besides fairseq's own classes. Anything else is
-# refused, so loading a checkpoint cannot run arbitrary code.
-_SAFE_GLOBALS = {
-    ("collections", "OrderedDict"),
-    ("collections", "defaultdict"),
-    ("argparse", "Namespace"),
-    ("copyreg", "_reconstructor"),
-    ("typing", "Any"),
-    ("torch", "Size"),
-    ("torch", "device"),
-    ("torch._tensor", "_rebuild_from_type_v2"),
-    ("torch.nn.parameter", "Parameter"),
-    ("numpy", "dtype"),
-    ("numpy", "ndarray"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "_reconstruct"),
-}
-_SAFE_MODULES = ("omegaconf.", "torch._utils")
-
-
-class _FairseqUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        # protocol-2 pickles name Python 2 globals (__builtin__.long): check their Python 3 names
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        if module == "fairseq" or module.startswith("fairseq."):
-            return type(name, (_FairseqObject,), {"__module__": module})
-        if (module, name) in _SAFE_GLOBALS or module.startswith(_SAFE_MODULES):
-            return super().find_class(module, name)
-        found = super().find_class(module, name) if module in ("builtins", "torch") else None
-        if isinstance(found, (type, torch.dtype)) and found is not type:
-            return found  # plain types (dict, int, ...) and torch dtypes
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a fairseq checkpoint")
-
-
-_fairseq_pickle = types.ModuleType("score_s3prl_fairseq_pickle")
-_fairseq_pickle.Unpickler = _FairseqUnpickler  # type: ignore[attr-defined]
-_fairseq_pickle.load = pickle.load  # type: ignore[attr-defined]
-
-
-def _load_fairseq_pickle(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_fairseq_pickle)
-    except Exception as exc:
-        raise ScoreError(f"{path}: not a loadable checkpoint ({exc})") from exc
 
 
 # ----------------------------------------------------------------------------- transformers
@@ -333,7 +273,9 @@ def _hf_base_weights(directory: Path) -> dict[str, torch.Tensor]:
 
             weights = load_file(str(path))
         else:
-            weights = torch.load(path, map_location="cpu", weights_only=True)
+            weights = load_checkpoint(path, "weights file")
+    except CheckpointError:
+        raise
     except Exception as exc:
         raise ScoreError(f"{path}: cannot read the weights ({exc})") from exc
     if any(name.startswith("hubert.") for name in weights):

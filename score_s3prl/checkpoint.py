@@ -35,10 +35,9 @@ def read_converted(path: str | os.PathLike) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ScoreError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ScoreError(f"{path}: not a loadable checkpoint ({exc})") from exc
+    from .safeload import load_checkpoint
+
+    state = load_checkpoint(path)  # weights only: a checkpoint cannot choose code to run
     if not isinstance(state, dict):
         raise ScoreError(f"{path}: checkpoint is a {type(state).__name__}, expected a dict")
     missing = [key for key in REQUIRED_KEYS if key not in state]
@@ -64,9 +63,16 @@ def build_hubert(state: dict[str, Any], source: str = "<checkpoint>"):
     )
     from s3prl.upstream.utils import merge_with_parent
 
-    task_cfg = merge_with_parent(HubertPretrainingConfig, dict(state["task_cfg"]))
-    model_cfg = merge_with_parent(HubertConfig, dict(state["model_cfg"]))
-    model = HubertModel(model_cfg, task_cfg, state["dictionaries_symbols"])
+    weights = state["model_weight"]
+    if not isinstance(weights, dict) or not all(isinstance(w, torch.Tensor) for w in weights.values()):
+        raise ScoreError(f"{source}: model_weight is not a dict of tensors")
+    try:
+        task_cfg = merge_with_parent(HubertPretrainingConfig, dict(state["task_cfg"]))
+        model_cfg = merge_with_parent(HubertConfig, dict(state["model_cfg"]))
+        model = HubertModel(model_cfg, task_cfg, state["dictionaries_symbols"])
+    except Exception as exc:  # a crafted config surfaces as TypeError, ValueError, AssertionError, ...
+        first = (str(exc).splitlines() or [""])[0]
+        raise ScoreError(f"{source}: not a HuBERT model config ({type(exc).__name__}: {first})") from exc
     check_state_dict(model, state["model_weight"], source)
     model.load_state_dict(state["model_weight"])
     return model.eval(), task_cfg

@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     except ScoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # a file system refusal (permissions, full disk, a directory where a file goes):
+        # the user's to fix, and its message names the path
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

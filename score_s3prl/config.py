@@ -2,79 +2,125 @@
 
 Every key has a default here (the paper's setting where the paper has one); a YAML file
 overrides some of them and command-line ``section.key=value`` pairs override the file.
-Unknown keys are errors, so a typo never silently trains with a default.
+
+Validation is driven by the field annotations, so a field added to these dataclasses is
+checked with no further code: pydantic (v2) validates the merged values against them in strict
+mode (no bool for an int, no number for a str, no 2.5 for an int, only finite floats,
+``Literal[...]`` choices, nested sections as mappings, unknown keys refused). Ranges are
+``Annotated`` metadata (``PositiveInt``, ``Probability``, ... below, or any
+``Annotated[T, Field(ge=...)]``). Any fault is one :class:`ScoreError` naming the key, the
+value and what is expected, raised before any work starts.
+
+Two YAML details are settled here rather than left to the user: ``1e-5`` is a float (YAML 1.1
+reads it as a string; YAML 1.2 and every reader of the README read it as a number), and a single
+string for a ``list[str]`` key is a one-element list (``data.subsets=train-clean-100`` on the
+command line, where a YAML list is awkward to type; a string is never meant as a list of its
+characters here).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from .errors import ScoreError
 from .hashing import json_hash
 
+# Range types for the fields below (pydantic reads the Field constraints from the annotation).
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")]
+
 
 @dataclass
 class DataConfig:
-    root: str | None = None  # LibriSpeech root holding the subsets (or use `manifest`)
-    subsets: list[str] = field(default_factory=lambda: ["train-clean-100"])  # subsets under root
-    manifest: str | None = None  # TSV of `path<TAB>num_samples` used instead of root/subsets
-    cache_dir: str | None = None  # where the file scan is cached (default: <out>/cache)
-    batch_size: int = 8  # utterances per forward pass at most
-    batch_seconds: float = 160.0  # padded seconds per forward pass (>= batch_size x crop_seconds: exact updates)
-    crop_seconds: float = 20.0  # longer utterances are randomly cropped to this
-    min_seconds: float = 1.0  # shorter utterances are skipped and counted
+    root: NonEmptyStr | None = None  # LibriSpeech root holding the subsets (or use `manifest`)
+    subsets: Annotated[list[NonEmptyStr], Field(min_length=1)] = field(default_factory=lambda: ["train-clean-100"])  # subsets under root
+    manifest: NonEmptyStr | None = None  # TSV of `path<TAB>num_samples` used instead of root/subsets
+    cache_dir: NonEmptyStr | None = None  # where the file scan is cached (default: <out>/cache)
+    batch_size: PositiveInt = 8  # utterances per forward pass at most
+    batch_seconds: PositiveFloat = 160.0  # padded seconds per forward pass (>= batch_size x crop_seconds: exact updates)
+    crop_seconds: PositiveFloat = 20.0  # longer utterances are randomly cropped to this
+    min_seconds: NonNegativeFloat = 1.0  # shorter utterances are skipped and counted
 
 
 @dataclass
 class ViewsConfig:
-    speed_factors: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])  # speed perturbation
-    semitones: list[float] = field(default_factory=lambda: [-2.0, 2.0])  # pitch shift, equal odds
-    swap_prob: float = 0.5  # chance that the perturbed view goes to the student branch
+    speed_factors: Annotated[list[PositiveFloat], Field(min_length=1)] = field(default_factory=lambda: [0.9, 1.0, 1.1])  # speed perturbation
+    semitones: Annotated[list[float], Field(min_length=1)] = field(default_factory=lambda: [-2.0, 2.0])  # pitch shift, equal odds
+    swap_prob: Probability = 0.5  # chance that the perturbed view goes to the student branch
 
 
 @dataclass
 class ModelConfig:
-    head_dim: int = 256  # output size of the shared Linear head
-    trainable_layers: int = 2  # top transformer layers that train (paper: 11-12 of 12)
+    head_dim: PositiveInt = 256  # output size of the shared Linear head
+    trainable_layers: NonNegativeInt = 2  # top transformer layers that train (paper: 11-12 of 12)
     train_final_norm: bool = True  # also train encoder.layer_norm and layer_norm (official code; Base: before layer 1)
 
 
 @dataclass
 class LossConfig:
-    gamma: float = 0.1  # soft-DTW smoothing
-    bandwidth: int | None = None  # optional Sakoe-Chiba band in frames (null: none)
+    gamma: PositiveFloat = 0.1  # soft-DTW smoothing
+    bandwidth: PositiveInt | None = None  # optional Sakoe-Chiba band in frames (null: none)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 2.0e-5  # AdamW peak learning rate
-    weight_decay: float = 0.0  # AdamW weight decay
-    warmup_updates: int = 1000  # linear warm-up from 0 to lr
-    total_updates: int = 3600  # then linear decay to 0 at this many updates
-    utterances_per_update: int = 8  # batch x accumulation (the paper: 8)
-    grad_clip: float = 1.0  # max global gradient norm
+    lr: PositiveFloat = 2.0e-5  # AdamW peak learning rate
+    weight_decay: NonNegativeFloat = 0.0  # AdamW weight decay
+    warmup_updates: NonNegativeInt = 1000  # linear warm-up from 0 to lr
+    total_updates: PositiveInt = 3600  # then linear decay to 0 at this many updates
+    utterances_per_update: PositiveInt = 8  # batch x accumulation (the paper: 8)
+    grad_clip: PositiveFloat = 1.0  # max global gradient norm
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0  # seeds model head, batch order, crops and views: same seed, same run
-    init: str = "hubert_base"  # base: hubert_base | converted .pt | fairseq .pt | HF directory
-    out: str = "exp/score_hubert_base"  # run directory: checkpoints, logs, TensorBoard, export
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    seed: NonNegativeInt = 0  # seeds model head, batch order, crops and views: same seed, same run
+    init: NonEmptyStr | None = "hubert_base"  # base: hubert_base | converted .pt | fairseq .pt | HF directory
+    out: NonEmptyStr = "exp/score_hubert_base"  # run directory: checkpoints, logs, TensorBoard, export
+    device: Device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    log_every: int = 10  # updates between TensorBoard/CSV log rows
-    save_every: int = 200  # updates between resumable checkpoints
-    max_bad_losses: int = 10  # abort after this many non-finite losses in a row
+    log_every: PositiveInt = 10  # updates between TensorBoard/CSV log rows
+    save_every: PositiveInt = 200  # updates between resumable checkpoints
+    max_bad_losses: PositiveInt = 10  # abort after this many non-finite losses in a row
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-5`` / ``3E4`` (no dot) as floats, as YAML 1.2 does."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text as plain data (a SafeLoader subclass: no object construction)."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506
 
 
 def load_config(
@@ -83,48 +129,138 @@ def load_config(
     values_set: dict[str, Any] | None = None,
 ) -> TrainConfig:
     """Defaults, then the YAML file at ``path`` (if any), then dotted ``key=value`` overrides
-    (values parsed as YAML), then ``values_set`` (dotted key -> value, taken as given)."""
+    (values parsed as YAML), then ``values_set`` (dotted key -> value, taken as given).
+
+    Raises:
+        ScoreError: one line naming the file, or the key, its value and what is expected.
+    """
     values: dict[str, Any] = {}
     if path is not None:
         if not os.path.isfile(path):
             raise ScoreError(f"{path}: config file not found")
-        with open(path, encoding="utf-8") as handle:
-            try:
-                values = yaml.safe_load(handle) or {}
-            except yaml.YAMLError as exc:
-                raise ScoreError(f"{path}: invalid YAML ({exc})") from exc
+        try:
+            with open(path, encoding="utf-8") as handle:
+                values = parse_yaml(handle.read()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ScoreError(f"{path}: invalid YAML ({first})") from exc
         if not isinstance(values, dict):
-            raise ScoreError(f"{path}: expected a mapping of config keys")
+            raise ScoreError(f"{path}: expected a mapping of config keys, got a {type(values).__name__}")
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key or any(not part for part in key.split(".")):
             raise ScoreError(f"override {item!r}: expected key=value (e.g. optim.lr=1e-5)")
-        _set_dotted(values, key.split("."), yaml.safe_load(raw))
+        try:
+            value = parse_yaml(raw)
+        except yaml.YAMLError:
+            raise ScoreError(f"override {item!r}: the value is not valid YAML") from None
+        _set_dotted(values, key.split("."), value, f"override {item!r}")
     for key, value in (values_set or {}).items():
-        _set_dotted(values, key.split("."), value)
-    return _build(TrainConfig, values, where=str(path or "config"))
+        _set_dotted(values, key.split("."), value, f"option {key}")
+    return validate(values, where=str(path) if path is not None else None)
 
 
-def _set_dotted(values: dict[str, Any], keys: list[str], value: Any) -> None:
-    for key in keys[:-1]:
+def _set_dotted(values: dict[str, Any], keys: list[str], value: Any, what: str) -> None:
+    for depth, key in enumerate(keys[:-1]):
         values = values.setdefault(key, {})
+        if not isinstance(values, dict):
+            raise ScoreError(f"{what}: {'.'.join(keys[:depth + 1])} is not a section of the config")
     values[keys[-1]] = value
 
 
-def _build(cls: type, values: dict[str, Any], where: str):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ScoreError(f"{where}: unknown config key(s) {', '.join(unknown)}")
-    kwargs = {}
+def _strip(annotation: Any) -> Any:
+    """``Annotated[T, ...]`` -> T and ``T | None`` -> T, repeatedly."""
+    while True:
+        if typing.get_origin(annotation) is Annotated:
+            annotation = typing.get_args(annotation)[0]
+            continue
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+            annotation = args[0]
+            continue
+        return annotation
+
+
+def _lists_of_one(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """A single string given for a ``list[str]`` field becomes a one-element list (recursively)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out = dict(values)
     for name, value in values.items():
-        default = getattr(cls(), name)
-        if dataclasses.is_dataclass(default):
-            if not isinstance(value, dict):
-                raise ScoreError(f"{where}: `{name}` must be a mapping")
-            value = _build(type(default), value, f"{where}: {name}")
-        kwargs[name] = value
-    return cls(**kwargs)
+        kind = _strip(hints.get(name))
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            out[name] = _lists_of_one(kind, value)
+        elif typing.get_origin(kind) is list and isinstance(value, str):
+            item = (typing.get_args(kind) or (Any,))[0]
+            if _strip(item) is str:
+                out[name] = [value]
+    return out
+
+
+def _configure(cls: type) -> None:
+    """Give ``cls`` and every dataclass section below it the pydantic settings used here."""
+    cls.__pydantic_config__ = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)  # type: ignore[attr-defined]
+    for hint in typing.get_type_hints(cls, include_extras=True).values():
+        if dataclasses.is_dataclass(_strip(hint)):
+            _configure(_strip(hint))
+
+
+_adapters: dict[type, TypeAdapter] = {}
+
+
+def _adapter(cls: type) -> TypeAdapter:
+    if cls not in _adapters:
+        _configure(cls)
+        _adapters[cls] = TypeAdapter(cls)
+    return _adapters[cls]
+
+
+def validate(values: dict[str, Any], where: str | None = None, cls: type | None = None) -> Any:
+    """Build ``cls`` (default :class:`TrainConfig`) from nested plain ``values``, validated.
+
+    The values pass through JSON: pydantic's strict mode then takes mappings for the nested
+    dataclasses (strict Python input would want instances) while scalars stay strict.
+
+    Raises:
+        ScoreError: naming the key, the value and what is expected (up to three problems).
+    """
+    cls = cls or TrainConfig
+    source = f" ({where} and overrides)" if where else ""
+    try:
+        text = json.dumps(_lists_of_one(cls, values), default=str)
+        cfg = _adapter(cls).validate_json(text)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise ScoreError(f"config{source}: {'; '.join(_describe(e) for e in errors[:3])}{more}") from None
+    if cls is TrainConfig and cfg.data.crop_seconds < cfg.data.min_seconds:
+        raise ScoreError(f"config{source}: data.crop_seconds = {cfg.data.crop_seconds} is below "
+                         f"data.min_seconds = {cfg.data.min_seconds}: expected crop_seconds >= min_seconds")
+    return cfg
+
+
+# pydantic's wording -> "expected ..."
+_PHRASES = (
+    (r"^Input should be ", "expected "),
+    (r"^String should match pattern ", "expected a string matching "),
+    (r"a valid array", "a list ([a, b, ...])"),
+    (r"^(List|String) should have at least (\d+) (item|character).*", r"expected at least \2 \3(s)"),
+)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """``key = value: what is expected`` for one pydantic error."""
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+    if error["type"] == "unexpected_keyword_argument":
+        return f"unknown config key {key}"
+    if error["type"] in ("dataclass_type", "dataclass_exact_type", "dict_type"):
+        expected = "expected a mapping of keys (a config section)"
+    else:
+        expected = error["msg"]
+        for pattern, replacement in _PHRASES:
+            expected = re.sub(pattern, replacement, expected)
+    value = repr(error.get("input"))
+    value = value if len(value) <= 60 else value[:57] + "..."  # a whole section given as a value
+    return f"{key or 'config'} = {value}: {expected}"
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -235,12 +235,16 @@ def load_batch(
     min_samples: int,
     generator: torch.Generator,
     sample_rate: int = SAMPLE_RATE,
+    failed: set[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Read one batch as a zero-padded tensor.
 
     An utterance longer than ``crop_samples`` is cut to a random window of that length
     (start drawn from ``generator``, so a seeded generator gives the same crops). Missing,
     unreadable and too-short files are skipped with a :class:`CorpusWarning` each.
+    With ``failed``, the indices of skipped files are added to it, and a file already in it
+    is skipped without another warning (a bad file is met again every epoch: callers count
+    files, not events).
 
     Returns:
         (wavs, lengths, skipped): (B, T) float32 zero beyond each length, (B,) int64 lengths
@@ -251,11 +255,16 @@ def load_batch(
     skipped = 0
     for index in indices:
         path = utterances[index].path
+        if failed is not None and index in failed:
+            skipped += 1
+            continue
         try:
             wav = load_audio(path, sample_rate, max(min_samples, 1))
         except AudioError as exc:
             warnings.warn(f"skipped: {exc}", CorpusWarning, stacklevel=2)
             skipped += 1
+            if failed is not None:
+                failed.add(index)
             continue
         if crop_samples is not None and wav.numel() > crop_samples:
             start = int(torch.randint(wav.numel() - crop_samples + 1, (1,), generator=generator))

@@ -4,32 +4,78 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import torch
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+def atomic_open(
+    path: str | os.PathLike,
+    mode: str = "w",
+    validate: Callable[[Path], None] | None = None,
+    **kwargs: Any,
+) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
 
-    If the block raises (or the process dies) ``path`` keeps its previous content.
+    If the block raises (or the process dies) ``path`` keeps its previous content. With
+    ``validate``, it is called on the complete temporary file before the rename; if it
+    raises, the file is removed and ``path`` is left as it was (e.g. a download that is not
+    a loadable checkpoint never enters the cache).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The writer's pid in the name lets remove_stale_temps tell a dead writer's leftover
+    # (kill -9 between create and rename) from a live writer's file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        if validate is not None:
+            validate(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_open` left in ``directory`` when its writer
+    died (kill -9, power loss) before the rename; a live writer's temp file is kept.
+
+    Only this module's names (``.<file>.<pid>.<random>.tmp``) are touched, and only for
+    writers of this host that are no longer running. Returns the removed paths.
+    """
+    directory = Path(directory)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        match = _TEMP_NAME.match(entry.name)
+        if match and entry.is_file() and int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

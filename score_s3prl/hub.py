@@ -99,16 +99,15 @@ def score_hubert_url(ckpt: str | None = None, model_config: str | None = None, r
                      **kwargs: Any):
     """The upstream for a checkpoint URL (``-u score_hubert_url -k URL``), cached like s3prl's downloads.
 
-    ``refresh`` (``-r``) downloads again. Any scheme ``urllib`` opens works (https, http, file).
+    ``refresh`` (``-r``) downloads again. ``http``, ``https`` and ``file`` URLs work; a
+    download has timeouts, its HTTP status checked, and enters s3prl's cache only once it
+    loads as a converted checkpoint (:func:`score_s3prl.download.fetch`).
     """
     if not ckpt:
         raise ScoreError("score_hubert_url needs a checkpoint URL: -k https://...")
-    from s3prl.util.download import _urls_to_filepaths
+    from .download import fetch
 
-    try:
-        path = _urls_to_filepaths(ckpt, refresh=refresh)
-    except Exception as exc:  # urllib, requests and filelock raise many types
-        raise ScoreError(f"{ckpt}: cannot download checkpoint ({exc})") from exc
+    path = fetch(ckpt, refresh=refresh, validate=read_converted)
     return ScoreHubertExpert(path, **kwargs)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import sys
 
 from .errors import ScoreError
+from .safeload import weights_only_torch_load
 
 if __name__ == "__main__":
     # `python -m score_s3prl.run_downstream`: go through the CLI, which checks that torch and
@@ -72,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [stock.__file__, *recipes.with_default_config(argv)]
     stock.get_downstream_args = get_downstream_args
     try:
-        stock.main()
+        # s3prl loads -e/-i states and some upstream checkpoints with a bare torch.load:
+        # weights only, and a refused file is one error line (score_s3prl.safeload)
+        with weights_only_torch_load():
+            stock.main()
     except ScoreError as exc:
         clean = _one_line(exc)
         if clean is exc:

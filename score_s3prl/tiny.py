@@ -5,15 +5,36 @@ from __future__ import annotations
 import argparse
 
 from .checkpoint import tiny_hubert_state, write_converted
+from .errors import ArgumentParser, ScoreError
+
+
+def _int_at_least(minimum: int, multiple: int = 1):
+    """An argparse type: an int >= ``minimum`` and a multiple of ``multiple``."""
+
+    def parse(text: str) -> int:
+        value = int(text)  # a ValueError is argparse's "invalid int value"
+        if value < minimum or value % multiple:
+            extra = f" and a multiple of {multiple}" if multiple > 1 else ""
+            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {minimum}{extra}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="score-s3prl make-tiny", description=__doc__)
+    parser = ArgumentParser(prog="score-s3prl make-tiny", description=__doc__)
     parser.add_argument("out", help="where to write the checkpoint (.pt)")
-    parser.add_argument("--seed", type=int, default=0, help="initialisation seed")
-    parser.add_argument("--layers", type=int, default=4, help="transformer layers")
-    parser.add_argument("--dim", type=int, default=32, help="model width")
+    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="initialisation seed")
+    parser.add_argument("--layers", type=_int_at_least(1), default=4, help="transformer layers")
+    # two attention heads and a final projection of dim / 2: an even width
+    parser.add_argument("--dim", type=_int_at_least(2, multiple=2), default=32, help="model width (even)")
     args = parser.parse_args(argv)
-    write_converted(args.out, **tiny_hubert_state(seed=args.seed, layers=args.layers, dim=args.dim))
+    if not args.out.strip():
+        raise ScoreError("score-s3prl make-tiny: the output path is empty")
+    try:
+        write_converted(args.out, **tiny_hubert_state(seed=args.seed, layers=args.layers, dim=args.dim))
+    except OSError as exc:
+        raise ScoreError(f"{args.out}: cannot write the checkpoint ({exc.strerror or exc})") from exc
     print(args.out)
     return 0

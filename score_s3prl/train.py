@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Iterator
@@ -39,8 +39,8 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import write_converted
 from .config import TrainConfig, config_dict, config_hash, load_config
-from .errors import ScoreError
-from .fileio import atomic_open, atomic_torch_save
+from .errors import ArgumentParser, ScoreError
+from .fileio import atomic_open, atomic_torch_save, remove_stale_temps
 
 SAMPLE_RATE = 16000
 STATE_FILE = "train_state.pt"
@@ -56,8 +56,9 @@ class Position:
     epoch: int = 0  # pass over the corpus
     cursor: int = 0  # next batch index within the epoch's batch list
     audio_seconds: float = 0.0  # original-view audio seen by all ranks
-    skipped_files: int = 0  # unreadable or too-short files met so far
+    skipped_files: int = 0  # unreadable files met so far (distinct files, not skip events)
     bad_in_a_row: int = 0  # consecutive non-finite losses
+    unreadable: list[int] = field(default_factory=list)  # corpus indices of the unreadable files
 
 
 @dataclass
@@ -117,6 +118,31 @@ def lr_factor(update: int, warmup: int, total: int) -> float:
     return max(0.0, (total - update) / max(1, total - warmup))
 
 
+def min_input_samples(hubert) -> int:
+    """The fewest waveform samples for which the CNN of a HubertModel gives one frame."""
+    samples = 1
+    for block in reversed(list(hubert.feature_extractor.conv_layers)):
+        conv = block[0]
+        samples = (samples - 1) * conv.stride[0] + conv.kernel_size[0]
+    return samples
+
+
+def check_min_seconds(cfg: TrainConfig, hubert) -> None:
+    """Refuse a ``data.min_seconds`` so short that a kept utterance, once sped up by the
+    largest speed factor, is too short for the CNN: found here, before any work, instead of
+    as a crash inside the model at the first such file."""
+    need = min_input_samples(hubert)
+    fastest = max(cfg.views.speed_factors)
+    shortest = max(int(cfg.data.min_seconds * SAMPLE_RATE), 1)
+    if math.ceil(shortest / fastest) < need:
+        enough = math.ceil(need * fastest) / SAMPLE_RATE
+        raise ScoreError(
+            f"config: data.min_seconds = {cfg.data.min_seconds} is too short for this model: a "
+            f"{shortest}-sample utterance sped up x{fastest:g} has {math.ceil(shortest / fastest)} samples "
+            f"and the CNN needs {need}; set data.min_seconds >= {math.ceil(enough * 1000) / 1000:g}"
+        )
+
+
 def load_utterances(cfg: TrainConfig, out: Path):
     from .data import read_manifest, scan_librispeech
 
@@ -146,7 +172,9 @@ def batch_stream(plan, position: Position, ranks: Ranks) -> Iterator[list[int]]:
 # ----------------------------------------------------------------------------- state
 
 
-def save_state(path: Path, model, optimizer, scheduler, position: Position, cfg) -> None:
+def save_state(path: Path, model, optimizer, scheduler, position: Position, cfg, base_sha256: str = "") -> None:
+    """Write the resumable state; it records what it was trained from (the base checkpoint's
+    SHA-256 and the config hash), so a resume with other weights at the same path is refused."""
     trainable = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
     atomic_torch_save(
         {
@@ -155,28 +183,61 @@ def save_state(path: Path, model, optimizer, scheduler, position: Position, cfg)
             "scheduler": scheduler.state_dict(),
             "position": vars(position),
             "config_hash": config_hash(cfg),
+            "base_sha256": base_sha256,
         },
         path,
     )
 
 
-def load_state(path: Path, model, optimizer, scheduler, cfg) -> Position:
+def base_sha256(identity: str) -> str:
+    """The SHA-256 in a base identity string (``<kind> sha256:<hex>``, see load_base_state)."""
+    return identity.rpartition("sha256:")[2]
+
+
+def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = "") -> Position:
+    """Restore the state at ``path`` into the model, optimiser and scheduler.
+
+    Raises:
+        ScoreError: the file is unreadable or refused (it is read weights-only), or it was
+            written for another base checkpoint (by content, not path), another config, or
+            parameters of other names or shapes. Each message says how to start over.
+    """
+    from .safeload import load_checkpoint
+
+    start_over = f"to start over, delete {path.parent} or use a new --out"
+    state = load_checkpoint(path, "training state")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ScoreError(f"{path}: cannot read the training state ({exc}); move it away to restart") from exc
-    if state["config_hash"] != config_hash(cfg):
+        trainable, saved_hash, saved_base = state["trainable"], state["config_hash"], state.get("base_sha256")
+        position = Position(**state["position"])
+    except (KeyError, TypeError) as exc:
+        raise ScoreError(f"{path}: not a training state of this program ({type(exc).__name__}: {exc}); "
+                         f"{start_over}") from exc
+    if saved_base != base_sha256:
+        raise ScoreError(
+            f"{path}: this run was trained from a base checkpoint with sha256 {saved_base or 'unrecorded'}, "
+            f"but init {cfg.init!r} now has sha256 {base_sha256}; resuming would mix two models: "
+            f"put the original base back, or {start_over}"
+        )
+    if saved_hash != config_hash(cfg):
         raise ScoreError(
             f"{path}: this run directory was trained with another config "
-            f"(hash {state['config_hash']} != {config_hash(cfg)}); use a new --out or the same config"
+            f"(hash {saved_hash} != {config_hash(cfg)}); use the same config, or {start_over}"
         )
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state["trainable"].items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return Position(**state["position"])
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if not isinstance(trainable, dict) or set(trainable) != set(params) or any(
+        not isinstance(trainable[n], torch.Tensor) or trainable[n].shape != p.shape for n, p in params.items()
+    ):
+        raise ScoreError(f"{path}: its trainable weights do not fit this model (names or shapes differ); "
+                         f"{start_over}")
+    try:
+        with torch.no_grad():
+            for name, value in trainable.items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ScoreError(f"{path}: unreadable optimiser or scheduler state ({exc}); {start_over}") from exc
+    return position
 
 
 def export(path: Path, base_state: dict, base_identity: str, model, cfg, position: Position) -> None:
@@ -279,11 +340,16 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ranks = init_distributed(cfg.device)
+    if ranks.main:  # leftovers of writes a kill -9 interrupted (this run dir only)
+        remove_stale_temps(out)  # only rank 0 writes here
+        if ranks.world == 1:  # every rank writes the scan cache: another host's pids are not ours to judge
+            remove_stale_temps(Path(cfg.data.cache_dir or out / "cache"))
     device = pick_device(cfg.device, ranks)
     seed_everything(cfg.seed)  # the same head init on every rank
 
     base_state, base_identity = load_base_state(cfg.init)
     model = ScoreModel(base_state, **vars(cfg.model), gamma=cfg.loss.gamma, bandwidth=cfg.loss.bandwidth)
+    check_min_seconds(cfg, model.student)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optim
@@ -301,7 +367,7 @@ def train(cfg: TrainConfig) -> Path:
     position = Position()
     state_path, log_path = out / STATE_FILE, out / "train_log.csv"
     if state_path.exists():
-        position = load_state(state_path, model, optimizer, scheduler, cfg)
+        position = load_state(state_path, model, optimizer, scheduler, cfg, base_sha256(base_identity))
         if ranks.main:  # the log is rank 0's file
             append_log(log_path, [], keep_upto=position.update)
             print(f"resuming {out} at update {position.update}", file=sys.stderr)
@@ -325,8 +391,10 @@ def train(cfg: TrainConfig) -> Path:
             generator.manual_seed(update_seed(cfg.seed, position.update, ranks.rank))
             count = loss_sum = seconds = 0.0
             while not all_ranks_done(count >= share, ranks):
-                wavs, lengths, skipped = load_batch(utterances, next(batches), crop, min_len, generator)
-                position.skipped_files += skipped
+                unreadable = set(position.unreadable)
+                wavs, lengths, skipped = load_batch(utterances, next(batches), crop, min_len, generator,
+                                                    failed=unreadable)
+                position.unreadable, position.skipped_files = sorted(unreadable), len(unreadable)
                 if len(lengths) == 0:
                     unreadable_batches += 1
                     if unreadable_batches > len(utterances):  # more than a whole epoch
@@ -367,14 +435,14 @@ def train(cfg: TrainConfig) -> Path:
                 for key in ("loss", "lr", "grad_norm", "audio_hours"):
                     writer.add_scalar(f"train/{key}", row[key], position.update)
             if ranks.main and position.update % cfg.save_every == 0:
-                save_state(state_path, model, optimizer, scheduler, position, cfg)
+                save_state(state_path, model, optimizer, scheduler, position, cfg, base_sha256(base_identity))
                 append_log(log_path, log_rows)
                 log_rows = []
     bar.close()
 
     export_path = out / EXPORT_FILE
     if ranks.main:
-        save_state(state_path, model, optimizer, scheduler, position, cfg)
+        save_state(state_path, model, optimizer, scheduler, position, cfg, base_sha256(base_identity))
         append_log(log_path, log_rows)
         writer.close()
         if stopped:
@@ -430,7 +498,7 @@ def reduce_update(params, count: float, loss_sum: float, seconds: float, ranks: 
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
-    parser = argparse.ArgumentParser(prog="score-s3prl finetune", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="score-s3prl finetune", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="YAML config (default: the paper's settings)")
     parser.add_argument("--init", help="base model: hubert_base | converted .pt | fairseq .pt | HF dir")
     parser.add_argument("--data", help="LibriSpeech root holding the subsets")

@@ -51,7 +51,7 @@ def test_paper_config_states_every_default():
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ScoreError, match="unknown config key.*lr"):
         load_config(None, ["lr=1"])
-    with pytest.raises(ScoreError, match="optim: unknown config key.*learning_rate"):
+    with pytest.raises(ScoreError, match="unknown config key optim.learning_rate"):
         load_config(None, ["optim.learning_rate=1"])
     with pytest.raises(ScoreError, match="missing.yaml: config file not found"):
         load_config(tmp_path / "missing.yaml")

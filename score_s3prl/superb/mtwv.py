@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ScoreError
+from ..errors import ArgumentParser, ScoreError
 from .metrics import split_lines
 
 P_TARGET = 0.0008
@@ -117,7 +117,7 @@ def find_groundtruth(directory: str | os.PathLike) -> tuple[Path, Path, Path]:
         matches = sorted(directory.glob(pattern))
         if len(matches) != 1:
             names = ", ".join(m.name for m in matches)
-            problem = f"{len(matches)} ({names})" if matches else "no"
+            problem = f"{len(matches)} ({names})" if matches else "none"
             raise ScoreError(f"{directory}: expected exactly one {pattern} file, found {problem}")
         found.append(matches[0])
     return found[0], found[1], found[2]
@@ -214,9 +214,14 @@ def read_stdlist(path: str | os.PathLike) -> Iterator[tuple[str, str, float, boo
     path = Path(path)
     if not path.is_file():
         raise ScoreError(f"{path}: stdlist file not found")
-    query = None
+    query, root = None, None
     try:
         for event, element in ET.iterparse(path, events=("start", "end")):
+            if root is None:  # the first event: the root element opens
+                root = element.tag
+                if root != "stdlist":
+                    raise ScoreError(f"{path}: root element is <{root}>, expected <stdlist> "
+                                     "(an s3prl benchmark.stdlist.xml)")
             if event == "start" and element.tag == "detected_termlist":
                 query = element.get("termid")
                 if not query:
@@ -259,8 +264,12 @@ def build_trials(
     Trials of unknown queries or utterances are ignored with a warning naming ``source``.
 
     Raises:
-        ScoreError: no query has a target, or the stdlist gives one trial twice.
+        ScoreError: no query has a target, the default score is not finite, the stdlist
+            gives one trial twice, or it matches no trial of the ground truth at all (a stdlist
+            of another set would otherwise score MTWV 0 with only a warning).
     """
+    if not math.isfinite(default_score):
+        raise ScoreError(f"default score {default_score!r}: expected a finite number (SUPERB: -10)")
     col = {f: j for j, f in enumerate(truth.files)}
     kept = scored_queries(truth)
     row = {q: i for i, q in enumerate(kept)}
@@ -273,18 +282,25 @@ def build_trials(
     for q, i in row.items():
         targets[i, [col[f] for f in truth.occurrences[q] if f in col]] = True
     known_queries = set(truth.queries)
-    unknown, examples = 0, []
+    unknown, matched, examples = 0, 0, []
     for query, name, score, decision in detections:
         if query not in known_queries or name not in col:
             unknown += 1
             examples += [f"{query}/{name}"] if len(examples) < 3 else []
             continue
+        matched += 1
         if query not in row:  # a dropped query: it has no targets, so it is not scored
             continue
         i, j = row[query], col[name]
         if seen[i, j]:
             raise ScoreError(f"{source}: trial query {query!r} x file {name!r} is given twice")
         seen[i, j], scores[i, j], decisions[i, j] = True, score, decision
+    if not matched:
+        named = f"; it names e.g. {', '.join(examples)}" if examples else "; it lists no trial"
+        raise ScoreError(
+            f"{source}: matches no trial of the ground truth ({len(truth.queries)} queries x "
+            f"{len(truth.files)} files){named}: a stdlist of another data set or split?"
+        )
     if unknown:
         warnings.warn(
             f"{source}: {unknown} trials name a query or file absent from the ground truth "
@@ -432,8 +448,18 @@ def as_json(score: QbeScore) -> dict:
     }
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)  # argparse reports a ValueError as "invalid _finite_float value"
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+_finite_float.__name__ = "number"  # argparse names the type in "invalid number value: 'x'"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="score-s3prl qbe-score",
         description="MTWV (and actTWV) of a QbE stdlist against QUESST 2014 ground truth.",
     )
@@ -441,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("groundtruth", help="directory with one *.ecf.xml, *.rttm and *.tlist.xml")
     parser.add_argument(
         "--default-score",
-        type=float,
+        type=_finite_float,
         default=DEFAULT_SCORE,
         help="score of the trials the stdlist lacks (SUPERB: -10)",
     )
