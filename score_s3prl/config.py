@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -20,6 +20,10 @@ from .hashing import json_hash
 
 @dataclass
 class DataConfig:
+    # whole: whole utterances one per forward pass in a random order, as the official code
+    # (batch_size, batch_seconds, crop_seconds unused); crops: length-bucketed batches of
+    # crops, faster (deviation from the official code)
+    mode: Literal["whole", "crops"] = "whole"
     root: str | None = None  # LibriSpeech root holding the subsets (or use `manifest`)
     subsets: list[str] = field(default_factory=lambda: ["train-clean-100"])  # subsets under root
     manifest: str | None = None  # TSV of `path<TAB>num_samples` used instead of root/subsets
@@ -39,19 +43,32 @@ class ViewsConfig:
 
 @dataclass
 class ModelConfig:
+    # official: the whole model (teacher too) in train mode, dropout from the base config, as
+    # the official code; frozen-eval: frozen modules and the teacher in eval mode (deviation)
+    dropout: Literal["official", "frozen-eval"] = "official"
     head_dim: int = 256  # output size of the shared Linear head
     trainable_layers: int = 2  # top transformer layers that train (paper: 11-12 of 12)
-    train_final_norm: bool = True  # also train encoder.layer_norm and layer_norm (official code; Base: before layer 1)
+    train_final_norm: bool = True  # the model-level norms the official code trains: SCORE both encoder.layer_norm and layer_norm, LASER encoder.layer_norm only (Base: before layer 1)
 
 
 @dataclass
 class LossConfig:
     gamma: float = 0.1  # soft-DTW smoothing
     bandwidth: int | None = None  # optional Sakoe-Chiba band in frames (null: none)
+    alpha: float = 0.4  # LASER only: weight of the temporal regulariser (paper, HuBERT)
+    sigma: int = 0  # LASER only: pairs with |i - j| <= sigma are pulled together (paper, HuBERT)
+    margin: float = 1.1  # LASER only: hinge margin for the other pairs (paper, HuBERT)
 
 
 @dataclass
 class OptimConfig:
+    # s3prl-adamw: s3prl's AdamW (eps added to the uncorrected sqrt(v)), as the official code;
+    # torch-adamw: torch.optim.AdamW (deviation)
+    optimizer: Literal["s3prl-adamw", "torch-adamw"] = "s3prl-adamw"
+    eps: float | None = None  # null: the optimiser's own default (s3prl 1e-7, torch 1e-8)
+    # official: warm-up factor k / warmup_updates (lr 0 at the first update, s3prl's
+    # linear_schedule_with_warmup); shifted: (k + 1) / warmup_updates (deviation)
+    warmup: Literal["official", "shifted"] = "official"
     lr: float = 2.0e-5  # AdamW peak learning rate
     weight_decay: float = 0.0  # AdamW weight decay
     warmup_updates: int = 1000  # linear warm-up from 0 to lr
@@ -66,7 +83,8 @@ class TrainConfig:
     init: str = "hubert_base"  # base: hubert_base | converted .pt | fairseq .pt | HF directory
     out: str = "exp/score_hubert_base"  # run directory: checkpoints, logs, TensorBoard, export
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    method: Literal["score", "laser"] = "score"  # score: frozen teacher; laser: both views through the student + regulariser
+    precision: Literal["fp32", "bf16"] = "fp32"  # fp32 as the official code; bf16: autocast on CUDA (faster; ignored on CPU)
     log_every: int = 10  # updates between TensorBoard/CSV log rows
     save_every: int = 200  # updates between resumable checkpoints
     max_bad_losses: int = 10  # abort after this many non-finite losses in a row

@@ -168,8 +168,8 @@ def test_training_changes_only_trainable_weights(speech, soft_dtw):
     assert any(name.startswith("teacher.") for name in before)  # the teacher was checked too
 
 
-def test_modes_and_frozen_determinism(speech):
-    model = ScoreModel(tiny_hubert_state(0), trainable_layers=1, train_final_norm=False)
+def test_frozen_eval_modes_and_determinism(speech):
+    model = ScoreModel(tiny_hubert_state(0), trainable_layers=1, train_final_norm=False, dropout="frozen-eval")
     assert model.training and model.student.encoder.layers[3].training
     assert not model.teacher.training and not any(m.training for m in model.teacher.modules())
     assert not model.student.encoder.layers[2].training and not model.student.encoder.training
@@ -185,6 +185,34 @@ def test_modes_and_frozen_determinism(speech):
 
     model.eval()
     assert not any(m.training for m in model.modules())
+
+
+def test_official_dropout_runs_the_teacher_in_train_mode(speech):
+    model = ScoreModel(tiny_hubert_state(0), trainable_layers=1, train_final_norm=False)  # dropout="official"
+    assert model.dropout == "official"
+    assert model.teacher.training and all(m.training for m in model.teacher.modules())
+    assert model.student.encoder.layers[0].training and model.student.dropout_input.training
+    assert model.teacher.encoder.layers[0].self_attn.dropout_module.p > 0  # the base config's 0.1
+    wav, lengths = _batch(speech, [(0, 16000)])
+
+    def teacher_frames(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return last_layer_features(model.teacher, wav, lengths)[0]
+
+    assert torch.equal(teacher_frames(1), teacher_frames(1))  # one dropout seed: the same output
+    assert not torch.equal(teacher_frames(1), teacher_frames(2))  # another seed: other masks
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(teacher_frames(1), teacher_frames(2))  # eval: no dropout at all
+
+
+def test_unknown_dropout_mode_and_method_are_errors():
+    with pytest.raises(ScoreError, match="model.dropout"):
+        ScoreModel(tiny_hubert_state(0), dropout="eval")
+    with pytest.raises(ScoreError, match="method"):
+        ScoreModel(tiny_hubert_state(0), method="spin")
 
 
 def test_loss_zero_for_identical_views_positive_otherwise(speech, soft_dtw):
