@@ -91,3 +91,64 @@ def test_laser_loss_is_divergence_plus_alpha_times_both_regularisers():
             for t, u, ls, ms in [(x, y, xl, yl)] for b, (n, m) in enumerate(zip(ls.tolist(), ms.tolist()))]
     torch.testing.assert_close(got, divergence + 0.4 * torch.tensor(regs, dtype=torch.float64))
     assert got.shape == (2,)
+
+
+def official_laser_trainable(names: list[str], upstream: str) -> set[str]:
+    """runner_part_freeze.py's rule on s3prl upstream parameter names (1-based position `count`):
+    hubert_base freezes 2 < count < 177, wavlm_base 1 < count < 207, both also freeze any name
+    containing `model.layer_norm` or `model.final_proj`; everything else trains."""
+    low, high = {"hubert_base": (2, 177), "wavlm_base": (1, 207)}[upstream]
+    trainable = set()
+    for count, name in enumerate(names, start=1):
+        if low < count < high or "model.layer_norm" in name or "model.final_proj" in name:
+            continue
+        trainable.add(name)
+    return trainable
+
+
+# Parameters that the official rule leaves trainable but that never receive a gradient.
+UNUSED = {"mask_emb", "label_embs_concat"}
+
+
+def test_laser_freezing_maps_the_official_index_rule_on_real_hubert_base(tmp_path):
+    """On HuBERT Base's real parameter order (random weights, built as s3prl's hubert_local
+    builds it) the official index rule trains exactly what ScoreModel(method="laser") trains."""
+    from score_s3prl import compat
+    from score_s3prl.checkpoint import random_hubert_state, write_converted
+    from score_s3prl.model import ScoreModel
+
+    compat.apply()
+    from s3prl.upstream.hubert.expert import UpstreamExpert
+
+    state = random_hubert_state()  # HuBERT Base: 12 x 768
+    write_converted(tmp_path / "base.pt", **state)
+    names = [name for name, _ in UpstreamExpert(str(tmp_path / "base.pt")).named_parameters()]
+    assert len(names) == 214
+    official = {name.removeprefix("model.") for name in official_laser_trainable(names, "hubert_base")}
+    model = ScoreModel(state, method="laser", trainable_layers=2, train_final_norm=True)
+    ours = {name for name, p in model.student.named_parameters() if p.requires_grad}
+    assert official - UNUSED == ours
+    assert "encoder.layer_norm.weight" in ours and "layer_norm.weight" not in ours
+    assert {name.split(".")[2] for name in ours if name.startswith("encoder.layers.")} == {"10", "11"}
+
+
+def test_official_wavlm_rule_trains_the_top_two_layers_and_encoder_norm():
+    """The same mapping on WavLM Base's real parameter order (248 parameters: layer 1 holds the
+    relative position bias, every layer a gated-relative-position pair); its bias stays frozen."""
+    from score_s3prl import compat
+
+    compat.apply()
+    from s3prl.upstream.wavlm.WavLM import WavLM, WavLMConfig
+
+    base = dict(extractor_mode="default", encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072,
+                encoder_attention_heads=12, layer_norm_first=False, conv_bias=False, conv_pos=128,
+                conv_pos_groups=16, relative_position_embedding=True, num_buckets=320, max_distance=800,
+                gru_rel_pos=True)  # WavLM Base's published configuration
+    names = ["model." + name for name, _ in WavLM(WavLMConfig(base)).named_parameters()]
+    assert len(names) == 248
+    trainable = {name.removeprefix("model.") for name in official_laser_trainable(names, "wavlm_base")}
+    layers = {name.split(".")[2] for name in trainable if name.startswith("encoder.layers.")}
+    assert layers == {"10", "11"}
+    assert trainable - {n for n in trainable if n.startswith(("encoder.layers.10.", "encoder.layers.11."))} == {
+        "mask_emb", "encoder.layer_norm.weight", "encoder.layer_norm.bias"}
+    assert "encoder.layers.0.self_attn.relative_attention_bias.weight" not in trainable

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -372,3 +373,26 @@ def test_a_corpus_that_cannot_be_read_stops_with_a_clear_error(tiny_ckpt, tmp_pa
     with pytest.warns(UserWarning):
         with pytest.raises(ScoreError, match="no file of a whole epoch could be read"):
             train(tiny_config(tiny_ckpt, tmp_path / "corpus", tmp_path / "run", **{"data.subsets": ["train-clean-100"]}))
+
+
+def test_s3prl_adamw_numerics_are_the_official_ones():
+    """One step of optim.optimizer=s3prl-adamw: eps 1e-7 added to the *uncorrected* sqrt(v),
+    the bias corrections folded into the step size (torch's AdamW adds eps to sqrt(v_hat))."""
+    from types import SimpleNamespace
+
+    from score_s3prl.train import make_optimizer
+
+    o = SimpleNamespace(optimizer="s3prl-adamw", eps=None, lr=1e-2, weight_decay=0.0)
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    g = torch.tensor([1e-6, 3.0], dtype=torch.float64)  # a tiny gradient makes the eps placement visible
+    opt = make_optimizer([p], o)
+    p.grad = g.clone()
+    opt.step()
+    m, v = 0.1 * g, 0.001 * g**2
+    expected = torch.tensor([1.0, -2.0], dtype=torch.float64) - 1e-2 * math.sqrt(0.001) / 0.1 * m / (v.sqrt() + 1e-7)
+    torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=0)
+    q = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    torch_opt = make_optimizer([q], SimpleNamespace(**{**vars(o), "optimizer": "torch-adamw"}))
+    q.grad = g.clone()
+    torch_opt.step()
+    assert not torch.allclose(p.detach()[0], q.detach()[0], rtol=1e-3)  # the two differ for small gradients
