@@ -1,14 +1,16 @@
-"""Base HuBERT checkpoints for SCORE fine-tuning, from any of four sources, as one format.
+"""Base HuBERT (and WavLM) checkpoints for SCORE fine-tuning, from any of five sources.
 
 ``load_base_state(spec)`` accepts
 
 * ``hubert_base``: the checkpoint s3prl's own ``hubert_base`` entry uses, downloaded and
   cached by s3prl's download code (``~/.cache/s3prl/download`` unless s3prl is told otherwise);
+* ``wavlm_base``: likewise, s3prl's ``wavlm_base`` checkpoint; a local ``.pt`` in the format
+  ``wavlm_local`` reads (``{"cfg", "model"}``) loads too, and stays in that format;
 * a path to a ``.pt`` file, recognised by its content: s3prl's converted format, or a fairseq
   HuBERT checkpoint (converted here without fairseq being installed);
 * a directory holding a ``transformers`` ``HubertModel`` (``config.json`` and the weights).
 
-Every source ends as s3prl's converted dict (``task_cfg``, ``model_cfg``, ``model_weight``,
+Every HuBERT source ends as s3prl's converted dict (``task_cfg``, ``model_cfg``, ``model_weight``,
 ``dictionaries_symbols``), checked by building s3prl's ``HubertModel`` from it, so the export
 can merge tuned weights into exactly what was loaded.
 """
@@ -26,13 +28,15 @@ from typing import Any
 
 import torch
 
-from .checkpoint import REQUIRED_KEYS, build_hubert
+from .checkpoint import REQUIRED_KEYS, build_base, is_wavlm_state
 from .errors import ScoreError
 from .hashing import file_sha256
 
 # The non-legacy URL in s3prl/upstream/hubert/hubconf.py:hubert_base (s3prl's converted
 # format of fairseq's hubert_base_ls960.pt). tests/test_base_models.py checks it is still there.
 HUBERT_BASE_URL = "https://huggingface.co/s3prl/converted_ckpts/resolve/main/hubert_base_ls960.pt"
+# The URL in s3prl/upstream/wavlm/hubconf.py:wavlm_base (s3prl's {"cfg", "model"} WavLM format).
+WAVLM_BASE_URL = "https://huggingface.co/s3prl/converted_ckpts/resolve/main/wavlm_base.pt"
 
 # s3prl HubertConfig requires a label rate; it only matters for pre-training targets.
 DEFAULT_LABEL_RATE = 50.0
@@ -54,6 +58,9 @@ def load_base_state(spec: str, refresh: bool = False) -> tuple[dict[str, Any], s
     if spec == "hubert_base":
         path = Path(_download(HUBERT_BASE_URL, refresh))
         state, kind = _load_pt(path), "hubert_base"
+    elif spec == "wavlm_base":
+        path = Path(_download(WAVLM_BASE_URL, refresh, spec))
+        state, kind = _load_pt(path), "wavlm_base"
     elif os.path.isdir(spec):
         path = _hf_weights_file(Path(spec))
         state, kind = convert_hf_dir(Path(spec)), f"hf:{Path(spec).resolve()}"
@@ -65,28 +72,29 @@ def load_base_state(spec: str, refresh: bool = False) -> tuple[dict[str, Any], s
             f"{spec}: base model not found (expected hubert_base, a .pt checkpoint "
             "or a transformers HubertModel directory)"
         )
-    check_hubert(state, spec)
+    check_base(state, spec)
     return state, f"{kind} sha256:{file_sha256(path)}"
 
 
-def check_hubert(state: dict[str, Any], source: str) -> None:
-    """Raise a ScoreError naming ``source`` unless ``state`` builds s3prl's HubertModel exactly."""
+def check_base(state: dict[str, Any], source: str) -> None:
+    """Raise a ScoreError naming ``source`` unless ``state`` builds s3prl's HubertModel (or
+    WavLM, for a WavLM checkpoint dict) exactly."""
     try:
-        build_hubert(state, source)
+        build_base(state, source)
     except ScoreError:
         raise
     except Exception as exc:  # bad config values surface as TypeError, AssertionError, ...
         raise ScoreError(f"{source}: not a HuBERT model config ({type(exc).__name__}: {exc})") from exc
 
 
-def _download(url: str, refresh: bool) -> str:
+def _download(url: str, refresh: bool, name: str = "hubert_base") -> str:
     from s3prl.util import download
 
     try:
         return download._urls_to_filepaths(url, refresh=refresh)
     except Exception as exc:
         raise ScoreError(
-            f"hubert_base: cannot download {url} ({exc}); when offline, pass a local checkpoint"
+            f"{name}: cannot download {url} ({exc}); when offline, pass a local checkpoint"
         ) from exc
 
 
@@ -104,7 +112,7 @@ def _load_pt(path: Path) -> dict[str, Any]:
         raise ScoreError(f"{path}: not a loadable checkpoint ({exc})") from exc
     if not isinstance(state, dict):
         raise ScoreError(f"{path}: checkpoint is a {type(state).__name__}, expected a dict")
-    if all(key in state for key in REQUIRED_KEYS):
+    if all(key in state for key in REQUIRED_KEYS) or is_wavlm_state(state):
         return state
     if "model" in state and "cfg" in state:
         return convert_fairseq_state(state, str(path))

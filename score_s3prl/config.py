@@ -46,7 +46,10 @@ class ModelConfig:
     # official: the whole model (teacher too) in train mode, dropout from the base config, as
     # the official code; frozen-eval: frozen modules and the teacher in eval mode (deviation)
     dropout: Literal["official", "frozen-eval"] = "official"
-    head_dim: int = 256  # output size of the shared Linear head
+    head_dim: int = 256  # output size of the shared head
+    # linear: Linear(D -> head_dim) (official SCORE HuBERT, LASER); mlp: Linear, ReLU,
+    # Linear(head_dim -> head_dim) (official SCORE WavLM, content_preserving_wavlm/expert.py)
+    head: Literal["linear", "mlp"] = "linear"
     trainable_layers: int = 2  # top transformer layers that train (paper: 11-12 of 12)
     train_final_norm: bool = True  # the model-level norms the official code trains: SCORE both encoder.layer_norm and layer_norm, LASER encoder.layer_norm only (Base: before layer 1)
 

@@ -55,7 +55,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from .base_models import load_base_state
-from .checkpoint import build_hubert
+from .checkpoint import build_base
 from .errors import ScoreError
 
 __all__ = [
@@ -100,16 +100,17 @@ def last_layer_features(
     lengths: torch.Tensor,
     normalize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last-layer frames of a HubertModel for a padded batch, equal to each utterance alone.
+    """Last-layer frames of a HubertModel or WavLM for a padded batch, equal to each utterance alone.
 
-    The same computation as ``HubertModel.extract_features`` (s3prl's last hidden state), made
+    The same computation as ``HubertModel.extract_features`` / ``WavLM.extract_features``
+    (s3prl's last hidden state), made
     exact for padded batches: the CNN runs per utterance (HuBERT Base's first CNN block
     normalises over time, so padding would leak into it), frame lengths come from the
     convolution arithmetic, and the transformer gets the matching padding mask. Parts of the
     model with no trainable parameter below them run without autograd.
 
     Args:
-        model: s3prl ``HubertModel`` with a transformer encoder.
+        model: s3prl ``HubertModel`` or ``WavLM``, with a post- or pre-LN transformer encoder.
         wavs: (B, L) float waveforms at the model's rate, zero-padded.
         lengths: (B,) valid samples per row.
         normalize: zero-mean unit-variance each waveform first (the task's ``normalize``).
@@ -149,15 +150,28 @@ def last_layer_features(
             x = encoder.layer_norm(x)
         x = F.dropout(x, p=encoder.dropout, training=encoder.training)
     x = x.transpose(0, 1)  # the layers take (T, B, D)
+    # WavLM: layer 1 computes the relative position bias and every layer passes it on (each
+    # gates it with its own parameters); HuBERT's layers take and return no bias.
+    wavlm, pos_bias = is_wavlm(model), None
     for layer in encoder.layers:
         grad = grad or (tracking and _trains([layer]))
         with torch.set_grad_enabled(grad):
-            x, _ = layer(x, self_attn_padding_mask=padding, need_weights=False)
+            if wavlm:
+                x, _, pos_bias = layer(x, self_attn_padding_mask=padding, need_weights=False, pos_bias=pos_bias)
+            else:
+                x, _ = layer(x, self_attn_padding_mask=padding, need_weights=False)
     x = x.transpose(0, 1)
     if encoder.layer_norm_first:
         with torch.set_grad_enabled(grad or (tracking and _trains([encoder.layer_norm]))):
             x = encoder.layer_norm(x)
     return x, frame_lengths
+
+
+def is_wavlm(model: nn.Module) -> bool:
+    """True for s3prl's ``WavLM`` (its layers pass a relative position bias on)."""
+    from s3prl.upstream.wavlm.WavLM import WavLM
+
+    return isinstance(model, WavLM)
 
 
 def _trains(modules: Iterable[nn.Module | None]) -> bool:
@@ -194,7 +208,9 @@ class ScoreModel(nn.Module):
 
     Args:
         base_state: s3prl converted HuBERT dict (see ``load_base_state``).
-        head_dim: output size of the shared Linear head.
+        head_dim: output size of the shared head.
+        head: "linear" (Linear(D -> head_dim)) or "mlp" (Linear, ReLU, Linear(head_dim -> head_dim),
+            the official SCORE WavLM head).
         trainable_layers: how many of the top transformer layers train (paper: 2).
         train_final_norm: the model-level LayerNorms ``FINAL_NORMS`` train too (paper: yes;
             see the module docstring for what they are in Base and Large).
@@ -209,6 +225,7 @@ class ScoreModel(nn.Module):
         self,
         base_state: dict[str, Any],
         head_dim: int = 256,
+        head: str = "linear",
         trainable_layers: int = 2,
         train_final_norm: bool = True,
         gamma: float = 0.1,
@@ -226,17 +243,18 @@ class ScoreModel(nn.Module):
             raise ScoreError(f"method: {method!r} is not one of {', '.join(METHODS)}")
         self.dropout, self.method = dropout, method
         self.alpha, self.sigma, self.margin = alpha, sigma, margin
-        self.student, task_cfg = build_hubert(base_state, "base model")
+        self.student, normalize = build_base(base_state, "base model")
         # LASER has no teacher: both views go through the student.
-        self.teacher = build_hubert(base_state, "base model")[0] if method == "score" else None
+        self.teacher = build_base(base_state, "base model")[0] if method == "score" else None
         from s3prl.upstream.wav2vec2.wav2vec2_model import TransformerEncoder
+        from s3prl.upstream.wavlm.WavLM import TransformerEncoder as WavLMEncoder
 
-        if type(self.student.encoder) is not TransformerEncoder:
+        if type(self.student.encoder) not in (TransformerEncoder, WavLMEncoder):
             raise ScoreError(f"base model: encoder {type(self.student.encoder).__name__} is not supported")
         layers = len(self.student.encoder.layers)
         if not 0 <= trainable_layers <= layers:
             raise ScoreError(f"model.trainable_layers: {trainable_layers} is not within 0..{layers}")
-        self.normalize = bool(task_cfg.normalize)
+        self.normalize = normalize
         self.gamma, self.bandwidth = gamma, bandwidth
         self.trainable_modules = [f"encoder.layers.{i}" for i in range(layers - trainable_layers, layers)]
         if train_final_norm:
@@ -246,7 +264,13 @@ class ScoreModel(nn.Module):
             model.requires_grad_(False)
         for name in self.trainable_modules:
             self.student.get_submodule(name).requires_grad_(True)
-        self.head = nn.Linear(self.student.encoder.embedding_dim, head_dim)
+        width = self.student.encoder.embedding_dim
+        if head == "linear":
+            self.head = nn.Linear(width, head_dim)
+        elif head == "mlp":
+            self.head = nn.Sequential(nn.Linear(width, head_dim), nn.ReLU(), nn.Linear(head_dim, head_dim))
+        else:
+            raise ScoreError(f"model.head: {head!r} is not one of linear, mlp")
         self.train()
 
     def branches(self) -> list[nn.Module]:
@@ -332,7 +356,8 @@ def trainable_summary(model: ScoreModel) -> str:
         rows += [*layers, part("encoder.layer_norm", "norm after the last layer (pre-LN)")]
     else:
         rows += [part("encoder.layer_norm", "norm on the transformer input (post-LN)"), *layers]
-    unused = [p for m in (student.final_proj, student.target_glu) if m is not None for p in m.parameters()]
+    heads = (getattr(student, "final_proj", None), getattr(student, "target_glu", None))  # WavLM has neither
+    unused = [p for m in heads if m is not None for p in m.parameters()]
     unused += list(student.parameters(recurse=False))  # mask_emb, label_embs_concat
     rows.append(_row("(pre-training)", unused, "final_proj, mask_emb, label embeddings: unused"))
     rows.append(_row("head", model.head.parameters(), "shared Linear + L2 norm"))

@@ -10,6 +10,7 @@ between their projected last-layer frames (LASER: plus its temporal regulariser)
     train_log.csv      one row per ``log_every`` updates; loss.png plots it at the end
     tensorboard/       TensorBoard scalars
     score_hubert.pt    the export: s3prl's converted HuBERT format plus a ``score`` block
+                       (score_wavlm.pt for a WavLM base: the format ``wavlm_local`` reads)
 
 Re-running with the same ``out`` resumes from ``train_state.pt``. SIGINT/SIGTERM save the
 state at the next update boundary before exiting, so a pre-empted job loses nothing.
@@ -46,6 +47,7 @@ from .fileio import atomic_open, atomic_torch_save
 SAMPLE_RATE = 16000
 STATE_FILE = "train_state.pt"
 EXPORT_FILE = "score_hubert.pt"
+EXPORT_FILES = {"hubert": EXPORT_FILE, "wavlm": "score_wavlm.pt"}  # by base architecture
 LOG_FIELDS = ("update", "loss", "lr", "grad_norm", "audio_hours", "skipped_files", "seconds")
 
 
@@ -185,9 +187,26 @@ def load_state(path: Path, model, optimizer, scheduler, cfg) -> Position:
 
 
 def export(path: Path, base_state: dict, base_identity: str, model, cfg, position: Position) -> None:
-    """Write the tuned student merged into the base checkpoint, in s3prl's converted format."""
+    """Write the tuned student merged into the base checkpoint, in the base's own s3prl format:
+    the converted HuBERT dict (stock ``hubert_local``) or the WavLM dict (stock ``wavlm_local``)."""
+    from .checkpoint import base_architecture, write_wavlm
     from .model import student_state_for_export
 
+    score = {
+        "method": cfg.method.upper(),
+        "architecture": base_architecture(base_state),
+        "config": config_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "updates": position.update,
+        "audio_hours": position.audio_seconds / 3600,
+        "base_model": base_identity,
+        "score_s3prl_version": __version__,
+    }
+    if base_architecture(base_state) == "wavlm":
+        weights = dict(base_state["model"])
+        weights.update(student_state_for_export(model))
+        write_wavlm(path, base_state["cfg"], weights, score=score)
+        return
     weights = dict(base_state["model_weight"])
     weights.update(student_state_for_export(model))
     write_converted(
@@ -196,15 +215,7 @@ def export(path: Path, base_state: dict, base_identity: str, model, cfg, positio
         model_cfg=base_state["model_cfg"],
         model_weight=weights,
         dictionaries_symbols=base_state["dictionaries_symbols"],
-        score={
-            "method": cfg.method.upper(),
-            "config": config_dict(cfg),
-            "config_hash": config_hash(cfg),
-            "updates": position.update,
-            "audio_hours": position.audio_seconds / 3600,
-            "base_model": base_identity,
-            "score_s3prl_version": __version__,
-        },
+        score=score,
     )
 
 
@@ -498,7 +509,9 @@ def log_and_save(run: Run, loss_value: float, grad_norm: torch.Tensor, seconds: 
 def finish(run: Run, stopped: int) -> Path:
     """Save the state and, unless stopped by a signal, export; leave the process group."""
     cfg, position = run.cfg, run.position
-    export_path = run.out / EXPORT_FILE
+    from .checkpoint import base_architecture
+
+    export_path = run.out / EXPORT_FILES[base_architecture(run.base_state)]
     if run.ranks.main:
         save_state(run.state_path, run.model, run.optimizer, run.scheduler, position, cfg)
         append_log(run.log_path, run.log_rows)

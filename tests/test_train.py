@@ -170,13 +170,18 @@ def test_dropout_modes_train_different_weights(tiny_ckpt, assets_dir, tmp_path):
 
 def test_paper_configs_default_to_the_official_recipe():
     for name, method in [("score_hubert_base", "score"), ("laser_hubert_base", "laser"),
-                         ("laser_wavlm_base", "laser")]:
+                         ("score_wavlm_base", "score"), ("laser_wavlm_base", "laser")]:
         cfg = load_config(REPO / "upstream_configs" / f"{name}.yaml")
         assert cfg.method == method and cfg.precision == "fp32" and cfg.model.dropout == "official"
         assert (cfg.optim.optimizer, cfg.optim.eps, cfg.optim.warmup) == ("s3prl-adamw", None, "official")
         assert cfg.data.mode == "whole" and cfg.optim.utterances_per_update == 8
     laser = load_config(REPO / "upstream_configs" / "laser_hubert_base.yaml")
     assert (laser.loss.sigma, laser.loss.margin, laser.loss.alpha, laser.loss.gamma) == (0, 1.1, 0.4, 0.1)
+    laser_wavlm = load_config(REPO / "upstream_configs" / "laser_wavlm_base.yaml")
+    assert (laser_wavlm.loss.sigma, laser_wavlm.loss.margin, laser_wavlm.loss.alpha) == (0, 1.0, 0.15)
+    score_wavlm = load_config(REPO / "upstream_configs" / "score_wavlm_base.yaml")
+    assert score_wavlm.init == "wavlm_base" and score_wavlm.model.head == "mlp"
+    assert score_wavlm.views.speed_factors == [0.85, 0.9, 1.0, 1.1, 1.15]
 
 
 def test_unknown_choice_is_an_error(tiny_ckpt, assets_dir, tmp_path):
