@@ -64,3 +64,22 @@ def test_recipe_exports_load_in_stock_s3prl(arch, method, tiny_ckpt, tiny_wavlm_
     # our training-time features of the exported weights are the stock upstream's last hidden state
     torch.testing.assert_close(frames, theirs[-1], rtol=0, atol=1e-5)
     assert not torch.equal(theirs[-1], old[-1])  # the export carries the tuned weights
+
+
+def test_run_superb_accepts_wavlm_upstreams(tiny_wavlm_ckpt):
+    """`run_superb.sh --upstream wavlm_base --upstream score_wavlm_local=CKPT` passes the start-up
+    checks and hands s3prl `-u NAME -k CKPT`."""
+    from score_s3prl.superb import runner
+
+    upstreams = [runner.parse_upstream("wavlm_base"), runner.parse_upstream(f"score_wavlm_local={tiny_wavlm_ckpt}")]
+    runner.check_upstreams(upstreams)
+    assert upstreams[1].flags == ["-u", "score_wavlm_local", "-k", str(tiny_wavlm_ckpt)]
+    assert upstreams[0].flags == ["-u", "wavlm_base"]
+
+
+def test_wavlm_entry_refuses_a_hubert_checkpoint(tiny_ckpt):
+    from score_s3prl.errors import ScoreError
+    from score_s3prl.hub import score_wavlm_local
+
+    with pytest.raises(ScoreError, match="not an s3prl WavLM checkpoint"):
+        score_wavlm_local(ckpt=str(tiny_ckpt))
