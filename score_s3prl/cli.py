@@ -14,7 +14,8 @@ from .errors import ScoreError
 # name -> (module, one-line help)
 SUBCOMMANDS = {
     "downstream": ("score_s3prl.run_downstream", "run s3prl's run_downstream.py with SCORE upstreams"),
-    "finetune": ("score_s3prl.train", "SCORE fine-tuning: pretrained HuBERT in, s3prl upstream out"),
+    "export": ("score_s3prl.export", "write a tuned checkpoint as a transformers directory (--format hf)"),
+    "finetune": ("score_s3prl.train", "SCORE / LASER fine-tuning: pretrained HuBERT or WavLM in, s3prl upstream out"),
     "make-tiny": ("score_s3prl.tiny", "write a tiny random HuBERT checkpoint (tests, demos)"),
     "qbe-score": ("score_s3prl.superb.mtwv", "MTWV of a QbE stdlist against QUESST14 ground truth"),
     "superb": ("score_s3prl.superb.runner", "SUPERB ASR / PR / QbE, baseline vs SCORE (run_superb.sh)"),
