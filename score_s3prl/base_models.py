@@ -8,7 +8,8 @@
   ``wavlm_local`` reads (``{"cfg", "model"}``) loads too, and stays in that format;
 * a path to a ``.pt`` file, recognised by its content: s3prl's converted format, or a fairseq
   HuBERT checkpoint (converted here without fairseq being installed);
-* a directory holding a ``transformers`` ``HubertModel`` (``config.json`` and the weights).
+* a directory holding a ``transformers`` ``HubertModel`` (``config.json`` and the weights), or a
+  ``WavLMModel`` (read into s3prl's WavLM dict).
 
 Every HuBERT source ends as s3prl's converted dict (``task_cfg``, ``model_cfg``, ``model_weight``,
 ``dictionaries_symbols``), checked by building s3prl's ``HubertModel`` from it, so the export
@@ -257,6 +258,8 @@ def convert_hf_dir(directory: Path) -> dict[str, Any]:
     """
     from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
 
+    if _read_json(directory / "config.json", None).get("model_type") == "wavlm":
+        return convert_hf_wavlm_dir(directory)
     config = _hf_config(directory)
     model_cfg, task_cfg = _hf_to_s3prl_config(config, _read_json(directory / "preprocessor_config.json", {}), directory)
     rules = [*_HF_RULES, _HF_CNN_NORM[config.feat_extract_norm]]
@@ -275,6 +278,36 @@ def convert_hf_dir(directory: Path) -> dict[str, Any]:
     return {"task_cfg": task_cfg, "model_cfg": model_cfg, "model_weight": weights, "dictionaries_symbols": []}
 
 
+def convert_hf_wavlm_dir(directory: Path) -> dict[str, Any]:
+    """Convert a transformers ``WavLMModel`` directory into s3prl's WavLM dict (``cfg``, ``model``).
+
+    The inverse of ``score_s3prl.export``'s renaming. transformers' WavLM always has the gated
+    relative position bias (``gru_rel_pos``) that WavLM Base and Large use.
+    """
+    from transformers import WavLMConfig as HFWavLMConfig
+
+    from .export import hf_to_s3prl_rules
+
+    config = HFWavLMConfig.from_dict(_read_json(directory / "config.json", None))
+    model_cfg, task_cfg = _hf_to_s3prl_config(config, _read_json(directory / "preprocessor_config.json", {}), directory)
+    cfg = {key: value for key, value in model_cfg.items() if key != "label_rate"}
+    cfg.update(normalize=task_cfg["normalize"], relative_position_embedding=True, gru_rel_pos=True,
+               num_buckets=config.num_buckets, max_distance=config.max_bucket_distance)
+    inverse = hf_to_s3prl_rules(cfg["extractor_mode"])
+    weights = {}
+    for name, tensor in _hf_base_weights(directory, prefix="wavlm.").items():
+        name = name.replace("weight_g", "parametrizations.weight.original0").replace(
+            "weight_v", "parametrizations.weight.original1")
+        for source, target in inverse:
+            new_name, hits = re.subn(f"^{source}", target, name)
+            if hits:
+                weights[new_name] = tensor
+                break
+        else:
+            raise ScoreError(f"{directory}: weight {name} has no counterpart in s3prl's WavLM")
+    return {"cfg": cfg, "model": weights}
+
+
 def _hf_config(directory: Path):
     from transformers import HubertConfig as HFHubertConfig
 
@@ -288,7 +321,7 @@ def _hf_to_s3prl_config(config, preprocessor: dict[str, Any], directory: Path):
     """transformers HubertConfig (+ preprocessor settings) -> s3prl (model_cfg, task_cfg) dicts."""
     unsupported = {
         "conv_pos_batch_norm": getattr(config, "conv_pos_batch_norm", False),
-        "feat_proj_layer_norm is false": not config.feat_proj_layer_norm,
+        "feat_proj_layer_norm is false": not getattr(config, "feat_proj_layer_norm", True),  # WavLM: always
         "layer_norm_eps != 1e-5": config.layer_norm_eps != 1e-5,  # s3prl's norms use 1e-5
         "conv_dim[-1] == hidden_size (no projection in s3prl)": config.conv_dim[-1] == config.hidden_size,
         "feat_extract_activation is not gelu": config.feat_extract_activation != "gelu",
@@ -333,7 +366,7 @@ def _hf_weights_file(directory: Path) -> Path:
     raise ScoreError(f"{directory}: no transformers weights ({' or '.join(_HF_WEIGHT_FILES)})")
 
 
-def _hf_base_weights(directory: Path) -> dict[str, torch.Tensor]:
+def _hf_base_weights(directory: Path, prefix: str = "hubert.") -> dict[str, torch.Tensor]:
     path = _hf_weights_file(directory)
     try:
         if path.suffix == ".safetensors":
@@ -344,9 +377,9 @@ def _hf_base_weights(directory: Path) -> dict[str, torch.Tensor]:
             weights = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ScoreError(f"{path}: cannot read the weights ({exc})") from exc
-    if any(name.startswith("hubert.") for name in weights):
-        # a model with a task head: the base model is under hubert., the head is dropped
-        weights = {name[len("hubert."):]: w for name, w in weights.items() if name.startswith("hubert.")}
+    if any(name.startswith(prefix) for name in weights):
+        # a model with a task head: the base model is under hubert. (wavlm.), the head is dropped
+        weights = {name[len(prefix):]: w for name, w in weights.items() if name.startswith(prefix)}
     return weights
 
 

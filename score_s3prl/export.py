@@ -177,3 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(export_hf(args.ckpt, args.out_dir))
     return 0
+
+
+def hf_to_s3prl_rules(mode: str) -> list[tuple[str, str]]:
+    """The renaming rules read backwards (transformers -> s3prl names), for reading directories.
+
+    Each forward rule has at most one ``(\\d+)`` group, used once as ``\\1`` in its replacement.
+    """
+    inverse = []
+    for pattern, replacement in [_CNN_NORM[mode], *_RULES]:
+        source = re.escape(replacement).replace(re.escape("\\1"), r"(\d+)")
+        target = pattern.replace(r"(\d+)", "\\1").replace(r"\.", ".")
+        inverse.append((source, target))
+    return inverse
