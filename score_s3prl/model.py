@@ -360,7 +360,7 @@ def trainable_summary(model: ScoreModel) -> str:
     unused = [p for m in heads if m is not None for p in m.parameters()]
     unused += list(student.parameters(recurse=False))  # mask_emb, label_embs_concat
     rows.append(_row("(pre-training)", unused, "final_proj, mask_emb, label embeddings: unused"))
-    rows.append(_row("head", model.head.parameters(), "shared Linear + L2 norm"))
+    rows.append(_row("head", model.head.parameters(), "shared head + L2 norm"))
     width = max(len(r[0]) for r in rows) + 2
     lines = [f"{'student module':<{width}}{'params':>12}  {'trains':<7}role"]
     lines += [f"{name:<{width}}{count:>12,}  {trains:<7}{role}" for name, count, trains, role in rows]

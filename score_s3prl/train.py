@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Iterator
@@ -307,7 +307,7 @@ class Run:
     autocast: object
     writer: object  # TensorBoard SummaryWriter on rank 0, else None
     bar: tqdm
-    log_rows: list = None
+    log_rows: list = field(default_factory=list)  # rows not yet written to train_log.csv
     started: float = 0.0
     unreadable_batches: int = 0
 

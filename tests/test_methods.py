@@ -83,3 +83,16 @@ def test_wavlm_entry_refuses_a_hubert_checkpoint(tiny_ckpt):
 
     with pytest.raises(ScoreError, match="not an s3prl WavLM checkpoint"):
         score_wavlm_local(ckpt=str(tiny_ckpt))
+
+
+def test_make_tiny_writes_a_wavlm_that_stock_wavlm_local_loads(tmp_path, speech):
+    from score_s3prl import hub
+    from score_s3prl.cli import main as cli
+
+    assert cli(["make-tiny", str(tmp_path / "w.pt"), "--arch", "wavlm", "--layers", "3"]) == 0
+    hub.register()
+    import s3prl.hub
+
+    with torch.no_grad():
+        states = s3prl.hub.wavlm_local(ckpt=str(tmp_path / "w.pt")).eval()([speech[:16000]])["hidden_states"]
+    assert len(states) == 4 and states[-1].shape == (1, 49, 32)
