@@ -1,14 +1,17 @@
-"""Base HuBERT checkpoints for SCORE fine-tuning, from any of four sources, as one format.
+"""Base HuBERT (and WavLM) checkpoints for SCORE fine-tuning, from any of five sources.
 
 ``load_base_state(spec)`` accepts
 
 * ``hubert_base``: the checkpoint s3prl's own ``hubert_base`` entry uses, downloaded and
   cached by s3prl's download code (``~/.cache/s3prl/download`` unless s3prl is told otherwise);
+* ``wavlm_base``: likewise, s3prl's ``wavlm_base`` checkpoint; a local ``.pt`` in the format
+  ``wavlm_local`` reads (``{"cfg", "model"}``) loads too, and stays in that format;
 * a path to a ``.pt`` file, recognised by its content: s3prl's converted format, or a fairseq
   HuBERT checkpoint (converted here without fairseq being installed);
-* a directory holding a ``transformers`` ``HubertModel`` (``config.json`` and the weights).
+* a directory holding a ``transformers`` ``HubertModel`` (``config.json`` and the weights), or a
+  ``WavLMModel`` (read into s3prl's WavLM dict).
 
-Every source ends as s3prl's converted dict (``task_cfg``, ``model_cfg``, ``model_weight``,
+Every HuBERT source ends as s3prl's converted dict (``task_cfg``, ``model_cfg``, ``model_weight``,
 ``dictionaries_symbols``), checked by building s3prl's ``HubertModel`` from it, so the export
 can merge tuned weights into exactly what was loaded.
 """
@@ -23,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import REQUIRED_KEYS, build_hubert
+from .checkpoint import REQUIRED_KEYS, build_base, is_wavlm_state
 from .errors import ScoreError
 from .hashing import file_sha256
 from .safeload import CheckpointError, load_checkpoint, load_fairseq_checkpoint, plain, resolve_interpolations
@@ -31,6 +34,8 @@ from .safeload import CheckpointError, load_checkpoint, load_fairseq_checkpoint,
 # The non-legacy URL in s3prl/upstream/hubert/hubconf.py:hubert_base (s3prl's converted
 # format of fairseq's hubert_base_ls960.pt). tests/test_base_models.py checks it is still there.
 HUBERT_BASE_URL = "https://huggingface.co/s3prl/converted_ckpts/resolve/main/hubert_base_ls960.pt"
+# The URL in s3prl/upstream/wavlm/hubconf.py:wavlm_base (s3prl's {"cfg", "model"} WavLM format).
+WAVLM_BASE_URL = "https://huggingface.co/s3prl/converted_ckpts/resolve/main/wavlm_base.pt"
 
 # s3prl HubertConfig requires a label rate; it only matters for pre-training targets.
 DEFAULT_LABEL_RATE = 50.0
@@ -52,6 +57,9 @@ def load_base_state(spec: str, refresh: bool = False) -> tuple[dict[str, Any], s
     if spec == "hubert_base":
         path = Path(_download(HUBERT_BASE_URL, refresh))
         state, kind = _load_pt(path), "hubert_base"
+    elif spec == "wavlm_base":
+        path = Path(_download(WAVLM_BASE_URL, refresh, spec))
+        state, kind = _load_pt(path), "wavlm_base"
     elif os.path.isdir(spec):
         path = _hf_weights_file(Path(spec))
         state, kind = convert_hf_dir(Path(spec)), f"hf:{Path(spec).resolve()}"
@@ -63,29 +71,30 @@ def load_base_state(spec: str, refresh: bool = False) -> tuple[dict[str, Any], s
             f"{spec}: base model not found (expected hubert_base, a .pt checkpoint "
             "or a transformers HubertModel directory)"
         )
-    check_hubert(state, spec)
+    check_base(state, spec)
     return state, f"{kind} sha256:{file_sha256(path)}"
 
 
-def check_hubert(state: dict[str, Any], source: str) -> None:
-    """Raise a ScoreError naming ``source`` unless ``state`` builds s3prl's HubertModel exactly."""
+def check_base(state: dict[str, Any], source: str) -> None:
+    """Raise a ScoreError naming ``source`` unless ``state`` builds s3prl's HubertModel (or
+    WavLM, for a WavLM checkpoint dict) exactly."""
     try:
-        build_hubert(state, source)
+        build_base(state, source)
     except ScoreError:
         raise
     except Exception as exc:  # bad config values surface as TypeError, AssertionError, ...
         raise ScoreError(f"{source}: not a HuBERT model config ({type(exc).__name__}: {exc})") from exc
 
 
-def _download(url: str, refresh: bool) -> str:
-    """hubert_base from s3prl's download cache (see :func:`score_s3prl.download.fetch`);
+def _download(url: str, refresh: bool, name: str = "hubert_base") -> str:
+    """A base model (``name``) from s3prl's download cache (see :func:`score_s3prl.download.fetch`);
     only a file that loads as a base model is cached."""
     from .download import fetch
 
     try:
         return str(fetch(url, refresh=refresh, validate=_load_pt))
     except ScoreError as exc:
-        raise ScoreError(f"hubert_base: {exc}; when offline, pass a local checkpoint") from exc
+        raise ScoreError(f"{name}: {exc}; when offline, pass a local checkpoint") from exc
 
 
 # ----------------------------------------------------------------------------- .pt files
@@ -105,7 +114,7 @@ def _load_pt(path: Path) -> dict[str, Any]:
         state = load_fairseq_checkpoint(path)
     if not isinstance(state, dict):
         raise ScoreError(f"{path}: checkpoint is a {type(state).__name__}, expected a dict")
-    if all(key in state for key in REQUIRED_KEYS):
+    if all(key in state for key in REQUIRED_KEYS) or is_wavlm_state(state):
         return state
     if "model" in state and "cfg" in state:
         return convert_fairseq_state(state, str(path))
@@ -189,6 +198,8 @@ def convert_hf_dir(directory: Path) -> dict[str, Any]:
     """
     from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
 
+    if _read_json(directory / "config.json", None).get("model_type") == "wavlm":
+        return convert_hf_wavlm_dir(directory)
     config = _hf_config(directory)
     model_cfg, task_cfg = _hf_to_s3prl_config(config, _read_json(directory / "preprocessor_config.json", {}), directory)
     rules = [*_HF_RULES, _HF_CNN_NORM[config.feat_extract_norm]]
@@ -207,6 +218,36 @@ def convert_hf_dir(directory: Path) -> dict[str, Any]:
     return {"task_cfg": task_cfg, "model_cfg": model_cfg, "model_weight": weights, "dictionaries_symbols": []}
 
 
+def convert_hf_wavlm_dir(directory: Path) -> dict[str, Any]:
+    """Convert a transformers ``WavLMModel`` directory into s3prl's WavLM dict (``cfg``, ``model``).
+
+    The inverse of ``score_s3prl.export``'s renaming. transformers' WavLM always has the gated
+    relative position bias (``gru_rel_pos``) that WavLM Base and Large use.
+    """
+    from transformers import WavLMConfig as HFWavLMConfig
+
+    from .export import hf_to_s3prl_rules
+
+    config = HFWavLMConfig.from_dict(_read_json(directory / "config.json", None))
+    model_cfg, task_cfg = _hf_to_s3prl_config(config, _read_json(directory / "preprocessor_config.json", {}), directory)
+    cfg = {key: value for key, value in model_cfg.items() if key != "label_rate"}
+    cfg.update(normalize=task_cfg["normalize"], relative_position_embedding=True, gru_rel_pos=True,
+               num_buckets=config.num_buckets, max_distance=config.max_bucket_distance)
+    inverse = hf_to_s3prl_rules(cfg["extractor_mode"])
+    weights = {}
+    for name, tensor in _hf_base_weights(directory, prefix="wavlm.").items():
+        name = name.replace("weight_g", "parametrizations.weight.original0").replace(
+            "weight_v", "parametrizations.weight.original1")
+        for source, target in inverse:
+            new_name, hits = re.subn(f"^{source}", target, name)
+            if hits:
+                weights[new_name] = tensor
+                break
+        else:
+            raise ScoreError(f"{directory}: weight {name} has no counterpart in s3prl's WavLM")
+    return {"cfg": cfg, "model": weights}
+
+
 def _hf_config(directory: Path):
     from transformers import HubertConfig as HFHubertConfig
 
@@ -220,7 +261,7 @@ def _hf_to_s3prl_config(config, preprocessor: dict[str, Any], directory: Path):
     """transformers HubertConfig (+ preprocessor settings) -> s3prl (model_cfg, task_cfg) dicts."""
     unsupported = {
         "conv_pos_batch_norm": getattr(config, "conv_pos_batch_norm", False),
-        "feat_proj_layer_norm is false": not config.feat_proj_layer_norm,
+        "feat_proj_layer_norm is false": not getattr(config, "feat_proj_layer_norm", True),  # WavLM: always
         "layer_norm_eps != 1e-5": config.layer_norm_eps != 1e-5,  # s3prl's norms use 1e-5
         "conv_dim[-1] == hidden_size (no projection in s3prl)": config.conv_dim[-1] == config.hidden_size,
         "feat_extract_activation is not gelu": config.feat_extract_activation != "gelu",
@@ -265,7 +306,7 @@ def _hf_weights_file(directory: Path) -> Path:
     raise ScoreError(f"{directory}: no transformers weights ({' or '.join(_HF_WEIGHT_FILES)})")
 
 
-def _hf_base_weights(directory: Path) -> dict[str, torch.Tensor]:
+def _hf_base_weights(directory: Path, prefix: str = "hubert.") -> dict[str, torch.Tensor]:
     path = _hf_weights_file(directory)
     try:
         if path.suffix == ".safetensors":
@@ -278,9 +319,9 @@ def _hf_base_weights(directory: Path) -> dict[str, torch.Tensor]:
         raise
     except Exception as exc:
         raise ScoreError(f"{path}: cannot read the weights ({exc})") from exc
-    if any(name.startswith("hubert.") for name in weights):
-        # a model with a task head: the base model is under hubert., the head is dropped
-        weights = {name[len("hubert."):]: w for name, w in weights.items() if name.startswith("hubert.")}
+    if any(name.startswith(prefix) for name in weights):
+        # a model with a task head: the base model is under hubert. (wavlm.), the head is dropped
+        weights = {name[len(prefix):]: w for name, w in weights.items() if name.startswith(prefix)}
     return weights
 
 

@@ -16,7 +16,8 @@ from .stack import require_loadable
 # name -> (module, one-line help)
 SUBCOMMANDS = {
     "downstream": ("score_s3prl.run_downstream", "run s3prl's run_downstream.py with SCORE upstreams"),
-    "finetune": ("score_s3prl.train", "SCORE fine-tuning: pretrained HuBERT in, s3prl upstream out"),
+    "export": ("score_s3prl.export", "write a tuned checkpoint as a transformers directory (--format hf)"),
+    "finetune": ("score_s3prl.train", "SCORE / LASER fine-tuning: pretrained HuBERT or WavLM in, s3prl upstream out"),
     "make-tiny": ("score_s3prl.tiny", "write a tiny random HuBERT checkpoint (tests, demos)"),
     "probe": ("score_s3prl.probe", "layer-wise invariance of any upstream to speed and pitch (no labels)"),
     "qbe-score": ("score_s3prl.superb.mtwv", "MTWV of a QbE stdlist against QUESST14 ground truth"),

@@ -27,7 +27,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
@@ -47,6 +47,10 @@ Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")]
 
 @dataclass
 class DataConfig:
+    # whole: whole utterances one per forward pass in a random order, as the official code
+    # (batch_size, batch_seconds, crop_seconds unused); crops: length-bucketed batches of
+    # crops, faster (deviation from the official code)
+    mode: Literal["whole", "crops"] = "whole"
     root: NonEmptyStr | None = None  # LibriSpeech root holding the subsets (or use `manifest`)
     subsets: Annotated[list[NonEmptyStr], Field(min_length=1)] = field(default_factory=lambda: ["train-clean-100"])  # subsets under root
     manifest: NonEmptyStr | None = None  # TSV of `path<TAB>num_samples` used instead of root/subsets
@@ -66,19 +70,35 @@ class ViewsConfig:
 
 @dataclass
 class ModelConfig:
-    head_dim: PositiveInt = 256  # output size of the shared Linear head
+    # official: the whole model (teacher too) in train mode, dropout from the base config, as
+    # the official code; frozen-eval: frozen modules and the teacher in eval mode (deviation)
+    dropout: Literal["official", "frozen-eval"] = "official"
+    head_dim: PositiveInt = 256  # output size of the shared head
+    # linear: Linear(D -> head_dim) (official SCORE HuBERT, LASER); mlp: Linear, ReLU,
+    # Linear(head_dim -> head_dim) (official SCORE WavLM, content_preserving_wavlm/expert.py)
+    head: Literal["linear", "mlp"] = "linear"
     trainable_layers: NonNegativeInt = 2  # top transformer layers that train (paper: 11-12 of 12)
-    train_final_norm: bool = True  # also train encoder.layer_norm and layer_norm (official code; Base: before layer 1)
+    train_final_norm: bool = True  # the model-level norms the official code trains: SCORE both encoder.layer_norm and layer_norm, LASER encoder.layer_norm only (Base: before layer 1)
 
 
 @dataclass
 class LossConfig:
     gamma: PositiveFloat = 0.1  # soft-DTW smoothing
     bandwidth: PositiveInt | None = None  # optional Sakoe-Chiba band in frames (null: none)
+    alpha: NonNegativeFloat = 0.4  # LASER only: weight of the temporal regulariser (paper, HuBERT)
+    sigma: NonNegativeInt = 0  # LASER only: pairs with |i - j| <= sigma are pulled together (paper, HuBERT)
+    margin: NonNegativeFloat = 1.1  # LASER only: hinge margin for the other pairs (paper, HuBERT)
 
 
 @dataclass
 class OptimConfig:
+    # s3prl-adamw: s3prl's AdamW (eps added to the uncorrected sqrt(v)), as the official code;
+    # torch-adamw: torch.optim.AdamW (deviation)
+    optimizer: Literal["s3prl-adamw", "torch-adamw"] = "s3prl-adamw"
+    eps: PositiveFloat | None = None  # null: the optimiser's own default (s3prl 1e-7, torch 1e-8)
+    # official: warm-up factor k / warmup_updates (lr 0 at the first update, s3prl's
+    # linear_schedule_with_warmup); shifted: (k + 1) / warmup_updates (deviation)
+    warmup: Literal["official", "shifted"] = "official"
     lr: PositiveFloat = 2.0e-5  # AdamW peak learning rate
     weight_decay: NonNegativeFloat = 0.0  # AdamW weight decay
     warmup_updates: NonNegativeInt = 1000  # linear warm-up from 0 to lr
@@ -93,7 +113,8 @@ class TrainConfig:
     init: NonEmptyStr | None = "hubert_base"  # base: hubert_base | converted .pt | fairseq .pt | HF directory
     out: NonEmptyStr = "exp/score_hubert_base"  # run directory: checkpoints, logs, TensorBoard, export
     device: Device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    method: Literal["score", "laser"] = "score"  # score: frozen teacher; laser: both views through the student + regulariser
+    precision: Literal["fp32", "bf16"] = "fp32"  # fp32 as the official code; bf16: autocast on CUDA (faster; ignored on CPU)
     log_every: PositiveInt = 10  # updates between TensorBoard/CSV log rows
     save_every: PositiveInt = 200  # updates between resumable checkpoints
     max_bad_losses: PositiveInt = 10  # abort after this many non-finite losses in a row

@@ -9,7 +9,17 @@ entry                    checkpoint
 ``score_hubert``         ``-k PATH`` if given, else ``$SCORE_HUBERT_CKPT``, else
                          ``exp/score_hubert_base/score_hubert.pt`` (relative to the working
                          directory: where ``score-s3prl finetune`` writes with its default ``out``)
+``score_wavlm_local``    ``-k PATH``: a tuned WavLM (s3prl's ``{"cfg", "model"}`` format)
+``score_wavlm_url``      ``-k URL``: the same, downloaded into s3prl's cache
+``score_wavlm``          ``-k PATH`` if given, else ``$SCORE_WAVLM_CKPT``, else
+                         ``exp/score_wavlm_base/score_wavlm.pt``
 =======================  ================================================================
+
+WavLM has entries of its own, beside the HuBERT ones, rather than one entry that detects the
+architecture: s3prl names upstreams by architecture (``hubert_local``, ``wavlm_local``), the
+SUPERB results are keyed by the entry name, and an entry called ``score_hubert`` returning a
+WavLM would mislabel every result. The WavLM entries check the file (weights only, strict
+shapes) and then hand it to s3prl's own ``wavlm_local`` expert, so features are stock WavLM's.
 
 A checkpoint is s3prl's converted HuBERT format (``task_cfg``, ``model_cfg``, ``model_weight``,
 ``dictionaries_symbols``) with an optional ``score`` metadata block; a plain converted HuBERT
@@ -128,10 +138,74 @@ def score_hubert(ckpt: str | None = None, model_config: str | None = None, refre
     return score_hubert_local(path, **kwargs)
 
 
+WAVLM_CKPT_ENV = "SCORE_WAVLM_CKPT"
+DEFAULT_WAVLM_CKPT = os.path.join("exp", "score_wavlm_base", "score_wavlm.pt")
+
+
+def read_wavlm(path: str) -> dict[str, Any]:
+    """Load a WavLM checkpoint with ``weights_only=True`` and check it builds s3prl's WavLM strictly."""
+    import torch
+
+    from .checkpoint import build_wavlm, is_wavlm_state
+
+    if not os.path.isfile(path):
+        raise ScoreError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ScoreError(f"{path}: not a loadable checkpoint ({exc})") from exc
+    if not is_wavlm_state(state):
+        raise ScoreError(f"{path}: not an s3prl WavLM checkpoint (a dict with a flat `cfg` and `model`)")
+    build_wavlm(state, path)
+    return state
+
+
+def score_wavlm_local(ckpt: str | None = None, model_config: str | None = None, refresh: bool = False,
+                      **kwargs: Any):
+    """The upstream for a tuned WavLM file (``-u score_wavlm_local -k PATH``): s3prl's WavLM expert."""
+    if not ckpt:
+        raise ScoreError("score_wavlm_local needs a checkpoint file: -k PATH")
+    from s3prl.upstream.wavlm.expert import UpstreamExpert as WavLMExpert
+
+    ckpt = os.fspath(ckpt)
+    state = read_wavlm(ckpt)
+    expert = WavLMExpert(ckpt, **kwargs)
+    expert.score_metadata = state.get("score")
+    return expert
+
+
+def score_wavlm_url(ckpt: str | None = None, model_config: str | None = None, refresh: bool = False,
+                    **kwargs: Any):
+    """``-u score_wavlm_url -k URL``: downloaded once into s3prl's cache (``-r`` again)."""
+    if not ckpt:
+        raise ScoreError("score_wavlm_url needs a checkpoint URL: -k https://...")
+    from s3prl.util.download import _urls_to_filepaths
+
+    try:
+        path = _urls_to_filepaths(ckpt, refresh=refresh)
+    except Exception as exc:
+        raise ScoreError(f"{ckpt}: cannot download checkpoint ({exc})") from exc
+    return score_wavlm_local(path, **kwargs)
+
+
+def score_wavlm(ckpt: str | None = None, model_config: str | None = None, refresh: bool = False,
+                **kwargs: Any):
+    """The tuned WavLM (``-u score_wavlm``): ``-k`` if given, else ``$SCORE_WAVLM_CKPT``, else
+    :data:`DEFAULT_WAVLM_CKPT`."""
+    path = ckpt or os.environ.get(WAVLM_CKPT_ENV) or DEFAULT_WAVLM_CKPT
+    if not os.path.isfile(path):
+        raise ScoreError(f"{path}: score_wavlm checkpoint not found; make one with `score-s3prl finetune "
+                         f"--config upstream_configs/score_wavlm_base.yaml`, or name one with -k or ${WAVLM_CKPT_ENV}")
+    return score_wavlm_local(path, **kwargs)
+
+
 ENTRIES = {
     "score_hubert": score_hubert,
     "score_hubert_local": score_hubert_local,
     "score_hubert_url": score_hubert_url,
+    "score_wavlm": score_wavlm,
+    "score_wavlm_local": score_wavlm_local,
+    "score_wavlm_url": score_wavlm_url,
 }
 
 

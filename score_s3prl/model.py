@@ -5,7 +5,8 @@ Two copies of one base HuBERT (s3prl's ``HubertModel``):
 * the **student**, partly trainable: the top ``trainable_layers`` transformer layers and, with
   ``train_final_norm``, the model's two own LayerNorms (see ``FINAL_NORMS``); everything else
   is frozen;
-* the **teacher**, frozen entirely, always in eval mode and run without gradients.
+* the **teacher** (SCORE only), frozen entirely and run without gradients; its dropout
+  follows ``dropout`` (below).
 
 Both branches give their last-layer output (what s3prl's hubert upstream returns as its last
 hidden state: the encoder output), a shared ``Linear(D -> head_dim)`` maps every frame and
@@ -23,9 +24,24 @@ parameter order. ``train_final_norm`` reproduces that: it trains both model-leve
 Base as in Large. Because they sit at the bottom of Base, gradients then flow through all its
 layers (frozen layers are differentiated, not updated), as in the official recipe.
 
-Dropout: frozen modules run in eval mode (deterministic); trainable modules follow the
-model's mode, so in training the top layers use the base config's dropout, as the official
-recipe (which trained the whole upstream in train mode) does for them. Layer drop is off.
+Dropout (``dropout``): under ``"official"`` the student and the teacher run entirely in the
+model's mode, so in training dropout (the base config's ``dropout``, ``attention_dropout`` and
+``dropout_input`` on the projected features) is active in the teacher and in the student's
+frozen layers too: the official code never puts its teacher in eval mode and trains the whole
+upstream in train mode. Under ``"frozen-eval"`` frozen modules and the teacher run in eval
+mode (deterministic) and only trainable modules follow the model's mode. Either way the
+training loop reseeds torch's RNG every update, so dropout masks repeat on resume. Layer drop
+is off, as in s3prl's upstreams.
+
+LASER (``method="laser"``, Interspeech 2024) has no teacher: both views go through the
+student, and the loss is :func:`score_s3prl.laser.laser_loss`. The official LASER runner freezes
+by parameter index on s3prl's upstream (``runner_part_freeze.py``): on the real HuBERT Base
+order (214 parameters of ``UpstreamExpert``) index 3..176 are frozen, 177.. train, plus
+``model.layer_norm`` and ``model.final_proj`` frozen by name; on WavLM Base (248 parameters:
+layer 1 holds the relative position bias, every layer a gated ``grep_*`` pair) index 2..206 are
+frozen. Mapped to names, both give the same trainable set: transformer layers 11-12 and
+``encoder.layer_norm`` (plus ``mask_emb`` / ``label_embs_concat``, which get no gradient).
+``LASER_NORMS`` holds that norm; layer 1's relative position bias stays frozen.
 """
 
 from __future__ import annotations
@@ -39,11 +55,12 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from .base_models import load_base_state
-from .checkpoint import build_hubert
+from .checkpoint import build_base
 from .errors import ScoreError
 
 __all__ = [
     "FINAL_NORMS",
+    "LASER_NORMS",
     "ScoreModel",
     "conv_frame_lengths",
     "correspondence_loss",
@@ -55,6 +72,10 @@ __all__ = [
 
 # The model-level LayerNorms that ``train_final_norm`` trains (s3prl HubertModel names).
 FINAL_NORMS = ("encoder.layer_norm", "layer_norm")
+# The one the official LASER runner trains (it freezes ``model.layer_norm`` by name).
+LASER_NORMS = ("encoder.layer_norm",)
+DROPOUT_MODES = ("official", "frozen-eval")
+METHODS = ("score", "laser")
 
 
 def conv_frame_lengths(model: nn.Module, lengths: torch.Tensor) -> torch.Tensor:
@@ -79,16 +100,17 @@ def last_layer_features(
     lengths: torch.Tensor,
     normalize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last-layer frames of a HubertModel for a padded batch, equal to each utterance alone.
+    """Last-layer frames of a HubertModel or WavLM for a padded batch, equal to each utterance alone.
 
-    The same computation as ``HubertModel.extract_features`` (s3prl's last hidden state), made
+    The same computation as ``HubertModel.extract_features`` / ``WavLM.extract_features``
+    (s3prl's last hidden state), made
     exact for padded batches: the CNN runs per utterance (HuBERT Base's first CNN block
     normalises over time, so padding would leak into it), frame lengths come from the
     convolution arithmetic, and the transformer gets the matching padding mask. Parts of the
     model with no trainable parameter below them run without autograd.
 
     Args:
-        model: s3prl ``HubertModel`` with a transformer encoder.
+        model: s3prl ``HubertModel`` or ``WavLM``, with a post- or pre-LN transformer encoder.
         wavs: (B, L) float waveforms at the model's rate, zero-padded.
         lengths: (B,) valid samples per row.
         normalize: zero-mean unit-variance each waveform first (the task's ``normalize``).
@@ -128,15 +150,28 @@ def last_layer_features(
             x = encoder.layer_norm(x)
         x = F.dropout(x, p=encoder.dropout, training=encoder.training)
     x = x.transpose(0, 1)  # the layers take (T, B, D)
+    # WavLM: layer 1 computes the relative position bias and every layer passes it on (each
+    # gates it with its own parameters); HuBERT's layers take and return no bias.
+    wavlm, pos_bias = is_wavlm(model), None
     for layer in encoder.layers:
         grad = grad or (tracking and _trains([layer]))
         with torch.set_grad_enabled(grad):
-            x, _ = layer(x, self_attn_padding_mask=padding, need_weights=False)
+            if wavlm:
+                x, _, pos_bias = layer(x, self_attn_padding_mask=padding, need_weights=False, pos_bias=pos_bias)
+            else:
+                x, _ = layer(x, self_attn_padding_mask=padding, need_weights=False)
     x = x.transpose(0, 1)
     if encoder.layer_norm_first:
         with torch.set_grad_enabled(grad or (tracking and _trains([encoder.layer_norm]))):
             x = encoder.layer_norm(x)
     return x, frame_lengths
+
+
+def is_wavlm(model: nn.Module) -> bool:
+    """True for s3prl's ``WavLM`` (its layers pass a relative position bias on)."""
+    from s3prl.upstream.wavlm.WavLM import WavLM
+
+    return isinstance(model, WavLM)
 
 
 def _trains(modules: Iterable[nn.Module | None]) -> bool:
@@ -169,57 +204,89 @@ def correspondence_loss(
 
 
 class ScoreModel(nn.Module):
-    """Student, frozen teacher and shared head, built from one base checkpoint.
+    """Student, frozen teacher (SCORE only) and shared head, built from one base checkpoint.
 
     Args:
         base_state: s3prl converted HuBERT dict (see ``load_base_state``).
-        head_dim: output size of the shared Linear head.
+        head_dim: output size of the shared head.
+        head: "linear" (Linear(D -> head_dim)) or "mlp" (Linear, ReLU, Linear(head_dim -> head_dim),
+            the official SCORE WavLM head).
         trainable_layers: how many of the top transformer layers train (paper: 2).
         train_final_norm: the model-level LayerNorms ``FINAL_NORMS`` train too (paper: yes;
             see the module docstring for what they are in Base and Large).
         gamma: soft-DTW smoothing. bandwidth: optional Sakoe-Chiba band in frames.
+        dropout: "official" (everything follows the model's mode) or "frozen-eval".
+        method: "score" (frozen teacher, SCORE loss) or "laser" (no teacher, LASER loss;
+            ``train_final_norm`` then trains ``LASER_NORMS`` only).
+        alpha, sigma, margin: LASER's regulariser settings (unused by SCORE).
     """
 
     def __init__(
         self,
         base_state: dict[str, Any],
         head_dim: int = 256,
+        head: str = "linear",
         trainable_layers: int = 2,
         train_final_norm: bool = True,
         gamma: float = 0.1,
         bandwidth: int | None = None,
+        dropout: str = "official",
+        method: str = "score",
+        alpha: float = 0.4,
+        sigma: int = 0,
+        margin: float = 1.1,
     ) -> None:
         super().__init__()
-        self.student, task_cfg = build_hubert(base_state, "base model")
-        self.teacher, _ = build_hubert(base_state, "base model")
+        if dropout not in DROPOUT_MODES:
+            raise ScoreError(f"model.dropout: {dropout!r} is not one of {', '.join(DROPOUT_MODES)}")
+        if method not in METHODS:
+            raise ScoreError(f"method: {method!r} is not one of {', '.join(METHODS)}")
+        self.dropout, self.method = dropout, method
+        self.alpha, self.sigma, self.margin = alpha, sigma, margin
+        self.student, normalize = build_base(base_state, "base model")
+        # LASER has no teacher: both views go through the student.
+        self.teacher = build_base(base_state, "base model")[0] if method == "score" else None
         from s3prl.upstream.wav2vec2.wav2vec2_model import TransformerEncoder
+        from s3prl.upstream.wavlm.WavLM import TransformerEncoder as WavLMEncoder
 
-        if type(self.student.encoder) is not TransformerEncoder:
+        if type(self.student.encoder) not in (TransformerEncoder, WavLMEncoder):
             raise ScoreError(f"base model: encoder {type(self.student.encoder).__name__} is not supported")
         layers = len(self.student.encoder.layers)
         if not 0 <= trainable_layers <= layers:
             raise ScoreError(f"model.trainable_layers: {trainable_layers} is not within 0..{layers}")
-        self.normalize = bool(task_cfg.normalize)
+        self.normalize = normalize
         self.gamma, self.bandwidth = gamma, bandwidth
         self.trainable_modules = [f"encoder.layers.{i}" for i in range(layers - trainable_layers, layers)]
         if train_final_norm:
-            self.trainable_modules += list(FINAL_NORMS)
-        for model in (self.student, self.teacher):
+            self.trainable_modules += list(FINAL_NORMS if method == "score" else LASER_NORMS)
+        for model in self.branches():
             model.encoder.layerdrop = 0.0
             model.requires_grad_(False)
         for name in self.trainable_modules:
             self.student.get_submodule(name).requires_grad_(True)
-        self.head = nn.Linear(self.student.encoder.embedding_dim, head_dim)
+        width = self.student.encoder.embedding_dim
+        if head == "linear":
+            self.head = nn.Linear(width, head_dim)
+        elif head == "mlp":
+            self.head = nn.Sequential(nn.Linear(width, head_dim), nn.ReLU(), nn.Linear(head_dim, head_dim))
+        else:
+            raise ScoreError(f"model.head: {head!r} is not one of linear, mlp")
         self.train()
 
+    def branches(self) -> list[nn.Module]:
+        """The HuBERT copies: the student, and the teacher for SCORE."""
+        return [self.student] + ([self.teacher] if self.teacher is not None else [])
+
     def train(self, mode: bool = True) -> "ScoreModel":
-        """Set the mode of the trainable modules; frozen ones and the teacher stay in eval."""
+        """Set the mode: under ``dropout="official"`` of everything (the teacher too), under
+        ``"frozen-eval"`` of the trainable modules only (frozen ones and the teacher stay in eval)."""
         self.training = mode
         self.head.train(mode)
-        self.teacher.eval()
-        self.student.eval()
-        for name in self.trainable_modules:
-            self.student.get_submodule(name).train(mode)
+        for model in self.branches():
+            model.train(mode if self.dropout == "official" else False)
+        if self.dropout == "frozen-eval":
+            for name in self.trainable_modules:
+                self.student.get_submodule(name).train(mode)
         return self
 
     def project(self, frames: torch.Tensor) -> torch.Tensor:
@@ -233,16 +300,25 @@ class ScoreModel(nn.Module):
         wav_teacher: torch.Tensor,
         len_teacher: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The SCORE loss for a batch of view pairs.
+        """The SCORE (or LASER) loss for a batch of view pairs.
 
         Args:
-            wav_student, wav_teacher: (B, L_s) and (B, L_t) zero-padded 16 kHz waveforms.
+            wav_student, wav_teacher: (B, L_s) and (B, L_t) zero-padded 16 kHz waveforms; for
+                LASER both go through the student (the names keep SCORE's roles).
             len_student, len_teacher: (B,) valid samples.
         Returns:
             (loss, stats): the batch mean of the per-pair losses; stats holds the detached
             per-pair ``losses`` (B,) and the frame counts ``student_frames``, ``teacher_frames``.
         """
         xs, ls = last_layer_features(self.student, wav_student, len_student, self.normalize)
+        if self.method == "laser":
+            from .laser import laser_loss
+
+            xt, lt = last_layer_features(self.student, wav_teacher, len_teacher, self.normalize)
+            losses = laser_loss(self.project(xs), ls, self.project(xt), lt, self.gamma, self.alpha,
+                                self.sigma, self.margin, self.bandwidth)
+            stats = {"losses": losses.detach(), "student_frames": ls, "teacher_frames": lt}
+            return losses.mean(), stats
         with torch.no_grad():
             xt, lt = last_layer_features(self.teacher, wav_teacher, len_teacher, self.normalize)
         losses = correspondence_loss(self.project(xs), ls, self.project(xt), lt, self.gamma, self.bandwidth)
@@ -280,17 +356,21 @@ def trainable_summary(model: ScoreModel) -> str:
         rows += [*layers, part("encoder.layer_norm", "norm after the last layer (pre-LN)")]
     else:
         rows += [part("encoder.layer_norm", "norm on the transformer input (post-LN)"), *layers]
-    unused = [p for m in (student.final_proj, student.target_glu) if m is not None for p in m.parameters()]
+    heads = (getattr(student, "final_proj", None), getattr(student, "target_glu", None))  # WavLM has neither
+    unused = [p for m in heads if m is not None for p in m.parameters()]
     unused += list(student.parameters(recurse=False))  # mask_emb, label_embs_concat
     rows.append(_row("(pre-training)", unused, "final_proj, mask_emb, label embeddings: unused"))
-    rows.append(_row("head", model.head.parameters(), "shared Linear + L2 norm"))
+    rows.append(_row("head", model.head.parameters(), "shared head + L2 norm"))
     width = max(len(r[0]) for r in rows) + 2
     lines = [f"{'student module':<{width}}{'params':>12}  {'trains':<7}role"]
     lines += [f"{name:<{width}}{count:>12,}  {trains:<7}{role}" for name, count, trains, role in rows]
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in student.parameters())
-    teacher = sum(p.numel() for p in model.teacher.parameters())
-    lines.append(f"trainable: {trained:,} parameters (student {total:,}, teacher {teacher:,} frozen)")
+    if model.teacher is None:
+        lines.append(f"trainable: {trained:,} parameters (student {total:,}; LASER: no teacher)")
+    else:
+        teacher = sum(p.numel() for p in model.teacher.parameters())
+        lines.append(f"trainable: {trained:,} parameters (student {total:,}, teacher {teacher:,} frozen)")
     return "\n".join(lines)
 
 

@@ -1,10 +1,11 @@
-"""``score-s3prl make-tiny OUT``: write a tiny random HuBERT in s3prl's converted format."""
+"""``score-s3prl make-tiny OUT``: write a tiny random HuBERT (s3prl's converted format) or WavLM
+(``--arch wavlm``: the format s3prl's ``wavlm_local`` reads)."""
 
 from __future__ import annotations
 
 import argparse
 
-from .checkpoint import tiny_hubert_state, write_converted
+from .checkpoint import tiny_hubert_state, tiny_wavlm_state, write_converted, write_wavlm
 from .errors import ArgumentParser, ScoreError
 
 
@@ -29,11 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=_int_at_least(1), default=4, help="transformer layers")
     # two attention heads and a final projection of dim / 2: an even width
     parser.add_argument("--dim", type=_int_at_least(2, multiple=2), default=32, help="model width (even)")
+    parser.add_argument("--arch", choices=["hubert", "wavlm"], default="hubert", help="architecture")
     args = parser.parse_args(argv)
     if not args.out.strip():
         raise ScoreError("score-s3prl make-tiny: the output path is empty")
     try:
-        write_converted(args.out, **tiny_hubert_state(seed=args.seed, layers=args.layers, dim=args.dim))
+        if args.arch == "wavlm":
+            write_wavlm(args.out, **tiny_wavlm_state(seed=args.seed, layers=args.layers, dim=args.dim))
+        else:
+            write_converted(args.out, **tiny_hubert_state(seed=args.seed, layers=args.layers, dim=args.dim))
     except OSError as exc:
         raise ScoreError(f"{args.out}: cannot write the checkpoint ({exc.strerror or exc})") from exc
     print(args.out)

@@ -1,14 +1,16 @@
-"""``score-s3prl finetune``: SCORE fine-tuning, pretrained HuBERT in, s3prl upstream out.
+"""``score-s3prl finetune``: SCORE / LASER fine-tuning, pretrained HuBERT in, s3prl upstream out.
 
-One file, one loop. Each update draws ``optim.utterances_per_update`` utterances (in
-length-bucketed micro-batches), makes an original and a perturbed view of each, runs the
-trainable student on one view and the frozen teacher on the other, and minimises the
-soft-DTW divergence between their projected last-layer frames. The run directory holds::
+One file, one loop. Each update draws ``optim.utterances_per_update`` utterances (whole, one
+per forward pass, as the official code; or crops in length-bucketed micro-batches), makes an
+original and a perturbed view of each, runs the trainable student on one view and the frozen
+teacher on the other (LASER: the student on both), and minimises the soft-DTW divergence
+between their projected last-layer frames (LASER: plus its temporal regulariser). The run directory holds::
 
     train_state.pt     resumable state (trainable weights, optimiser, scheduler, RNG, data position)
     train_log.csv      one row per ``log_every`` updates; loss.png plots it at the end
     tensorboard/       TensorBoard scalars
     score_hubert.pt    the export: s3prl's converted HuBERT format plus a ``score`` block
+                       (score_wavlm.pt for a WavLM base: the format ``wavlm_local`` reads)
 
 Re-running with the same ``out`` resumes from ``train_state.pt``. SIGINT/SIGTERM save the
 state at the next update boundary before exiting, so a pre-empted job loses nothing.
@@ -45,6 +47,7 @@ from .fileio import atomic_open, atomic_torch_save, remove_stale_temps
 SAMPLE_RATE = 16000
 STATE_FILE = "train_state.pt"
 EXPORT_FILE = "score_hubert.pt"
+EXPORT_FILES = {"hubert": EXPORT_FILE, "wavlm": "score_wavlm.pt"}  # by base architecture
 LOG_FIELDS = ("update", "loss", "lr", "grad_norm", "audio_hours", "skipped_files", "seconds")
 
 
@@ -111,10 +114,14 @@ def update_seed(seed: int, update: int, rank: int) -> int:
     return (seed * 1_000_003 + update) * 1024 + rank
 
 
-def lr_factor(update: int, warmup: int, total: int) -> float:
-    """Linear warm-up from 0 over ``warmup`` updates, then linear decay to 0 at ``total``."""
+def lr_factor(update: int, warmup: int, total: int, shifted: bool = False) -> float:
+    """Linear warm-up from 0 over ``warmup`` updates, then linear decay to 0 at ``total``.
+
+    ``update`` counts updates done. The official code (s3prl's linear_schedule_with_warmup)
+    uses update / warmup, so the first update has lr 0; ``shifted`` uses (update + 1) / warmup.
+    """
     if update < warmup:
-        return (update + 1) / warmup
+        return (update + int(shifted)) / warmup
     return max(0.0, (total - update) / max(1, total - warmup))
 
 
@@ -241,9 +248,26 @@ def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = 
 
 
 def export(path: Path, base_state: dict, base_identity: str, model, cfg, position: Position) -> None:
-    """Write the tuned student merged into the base checkpoint, in s3prl's converted format."""
+    """Write the tuned student merged into the base checkpoint, in the base's own s3prl format:
+    the converted HuBERT dict (stock ``hubert_local``) or the WavLM dict (stock ``wavlm_local``)."""
+    from .checkpoint import base_architecture, write_wavlm
     from .model import student_state_for_export
 
+    score = {
+        "method": cfg.method.upper(),
+        "architecture": base_architecture(base_state),
+        "config": config_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "updates": position.update,
+        "audio_hours": position.audio_seconds / 3600,
+        "base_model": base_identity,
+        "score_s3prl_version": __version__,
+    }
+    if base_architecture(base_state) == "wavlm":
+        weights = dict(base_state["model"])
+        weights.update(student_state_for_export(model))
+        write_wavlm(path, base_state["cfg"], weights, score=score)
+        return
     weights = dict(base_state["model_weight"])
     weights.update(student_state_for_export(model))
     write_converted(
@@ -252,15 +276,7 @@ def export(path: Path, base_state: dict, base_identity: str, model, cfg, positio
         model_cfg=base_state["model_cfg"],
         model_weight=weights,
         dictionaries_symbols=base_state["dictionaries_symbols"],
-        score={
-            "method": "SCORE",
-            "config": config_dict(cfg),
-            "config_hash": config_hash(cfg),
-            "updates": position.update,
-            "audio_hours": position.audio_seconds / 3600,
-            "base_model": base_identity,
-            "score_s3prl_version": __version__,
-        },
+        score=score,
     )
 
 
@@ -326,13 +342,62 @@ class StopRequest:
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) SCORE fine-tuning as ``cfg`` says; returns the export's path."""
+@dataclass
+class Run:
+    """Everything one training run holds between updates."""
+
+    cfg: TrainConfig
+    out: Path
+    ranks: Ranks
+    device: torch.device
+    base_state: dict
+    base_identity: str
+    model: torch.nn.Module
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    views: object  # CorrespondenceViews
+    generator: torch.Generator  # crops and views; reseeded every update
+    utterances: list
+    plan: object  # BatchPlan
+    crop: int | None  # samples per crop (None: whole utterances)
+    min_len: int
+    share: int  # utterances per rank per update
+    position: Position
+    batches: Iterator[list[int]]
+    autocast: object
+    writer: object  # TensorBoard SummaryWriter on rank 0, else None
+    bar: tqdm
+    log_rows: list = field(default_factory=list)  # rows not yet written to train_log.csv
+    started: float = 0.0
+    unreadable_batches: int = 0
+
+    @property
+    def state_path(self) -> Path:
+        return self.out / STATE_FILE
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "train_log.csv"
+
+
+def make_optimizer(params: list, o) -> torch.optim.Optimizer:
+    """s3prl's AdamW (the official code's) or torch's; see ``OptimConfig.optimizer``."""
+    extra = {} if o.eps is None else {"eps": o.eps}  # else each optimiser's own default
+    if o.optimizer == "s3prl-adamw":
+        from s3prl.optimizers import AdamW as S3prlAdamW
+
+        return S3prlAdamW(params, lr=o.lr, weight_decay=o.weight_decay, **extra)
+    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, **extra)
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Build the model, optimiser, data and logs, and resume from the run directory's state."""
     from tensorboardX import SummaryWriter
 
     from .augment import CorrespondenceViews
     from .base_models import load_base_state
-    from .data import BatchPlan, load_batch
+    from .data import BatchPlan
     from .model import ScoreModel, trainable_summary
 
     if not cfg.init:
@@ -348,112 +413,170 @@ def train(cfg: TrainConfig) -> Path:
     seed_everything(cfg.seed)  # the same head init on every rank
 
     base_state, base_identity = load_base_state(cfg.init)
-    model = ScoreModel(base_state, **vars(cfg.model), gamma=cfg.loss.gamma, bandwidth=cfg.loss.bandwidth)
+    model = ScoreModel(base_state, **vars(cfg.model), method=cfg.method, gamma=cfg.loss.gamma,
+                       bandwidth=cfg.loss.bandwidth, alpha=cfg.loss.alpha, sigma=cfg.loss.sigma,
+                       margin=cfg.loss.margin)
     check_min_seconds(cfg, model.student)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    schedule = partial(lr_factor, warmup=o.warmup_updates, total=o.total_updates)
+    optimizer = make_optimizer(params, o)
+    schedule = partial(lr_factor, warmup=o.warmup_updates, total=o.total_updates, shifted=o.warmup == "shifted")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     views = CorrespondenceViews(**vars(cfg.views), sample_rate=SAMPLE_RATE)
-    generator = torch.Generator()  # crops and views; reseeded every update
 
     utterances = load_utterances(cfg, out)
-    crop, min_len = int(cfg.data.crop_seconds * SAMPLE_RATE), int(cfg.data.min_seconds * SAMPLE_RATE)
+    whole = cfg.data.mode == "whole"  # the official code: whole utterances, one per forward pass
+    crop = None if whole else int(cfg.data.crop_seconds * SAMPLE_RATE)
+    min_len = int(cfg.data.min_seconds * SAMPLE_RATE)
     share = math.ceil(o.utterances_per_update / ranks.world)  # utterances per rank per update
-    plan = BatchPlan(utterances, cfg.data.batch_seconds, min(cfg.data.batch_size, share), cfg.seed,
+    batch_size = 1 if whole else min(cfg.data.batch_size, share)
+    # One utterance per batch: the plan's shuffled batch list is a uniformly random order.
+    plan = BatchPlan(utterances, cfg.data.batch_seconds, batch_size, cfg.seed,
                      crop_samples=crop, min_samples=min_len)  # too-short files are left out and counted
     position = Position()
-    state_path, log_path = out / STATE_FILE, out / "train_log.csv"
+    state_path = out / STATE_FILE
     if state_path.exists():
         position = load_state(state_path, model, optimizer, scheduler, cfg, base_sha256(base_identity))
         if ranks.main:  # the log is rank 0's file
-            append_log(log_path, [], keep_upto=position.update)
+            append_log(out / "train_log.csv", [], keep_upto=position.update)
             print(f"resuming {out} at update {position.update}", file=sys.stderr)
     if ranks.main:
         print(trainable_summary(model), file=sys.stderr)
+    bf16 = cfg.precision == "bf16" and device.type == "cuda"
+    return Run(
+        cfg=cfg, out=out, ranks=ranks, device=device, base_state=base_state, base_identity=base_identity,
+        model=model, params=params, optimizer=optimizer, scheduler=scheduler, views=views,
+        generator=torch.Generator(), utterances=utterances, plan=plan, crop=crop, min_len=min_len,
+        share=share, position=position, batches=batch_stream(plan, position, ranks),
+        autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+        writer=SummaryWriter(str(out / "tensorboard")) if ranks.main else None,
+        bar=tqdm(total=o.total_updates, initial=position.update, disable=not ranks.main, unit="update"),
+        log_rows=[], started=time.time(),
+    )
 
-    batches = batch_stream(plan, position, ranks)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
-    writer = SummaryWriter(str(out / "tensorboard")) if ranks.main else None
-    bar = tqdm(total=o.total_updates, initial=position.update, disable=not ranks.main, unit="update")
-    log_rows, started, unreadable_batches = [], time.time(), 0
 
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) SCORE / LASER fine-tuning as ``cfg`` says; returns the export's path."""
+    run = setup(cfg)
     stopped = 0  # the signal that stopped the run, agreed by all ranks (0: none)
     with StopRequest() as stop:
-        while position.update < o.total_updates:
-            stopped = signal_on_any_rank(stop.signal, ranks)  # every rank stops at the same update
+        while run.position.update < cfg.optim.total_updates:
+            stopped = signal_on_any_rank(stop.signal, run.ranks)  # every rank stops at the same update
             if stopped:
                 break
-            optimizer.zero_grad(set_to_none=True)
-            torch.manual_seed(update_seed(cfg.seed, position.update, ranks.rank))  # dropout
-            generator.manual_seed(update_seed(cfg.seed, position.update, ranks.rank))
-            count = loss_sum = seconds = 0.0
-            while not all_ranks_done(count >= share, ranks):
-                unreadable = set(position.unreadable)
-                wavs, lengths, skipped = load_batch(utterances, next(batches), crop, min_len, generator,
-                                                    failed=unreadable)
-                position.unreadable, position.skipped_files = sorted(unreadable), len(unreadable)
-                if len(lengths) == 0:
-                    unreadable_batches += 1
-                    if unreadable_batches > len(utterances):  # more than a whole epoch
-                        raise ScoreError(f"no file of a whole epoch could be read ({position.skipped_files} "
-                                         "unreadable files): check the corpus and the warnings above")
-                    continue
-                unreadable_batches = 0
-                s_wav, s_len, t_wav, t_len = views(wavs.to(device), lengths.to(device), generator)
-                with amp:
-                    loss, _ = model(s_wav, s_len, t_wav, t_len)
-                (loss * len(lengths)).backward()  # a sum over utterances: divided by the count below
-                count += len(lengths)
-                loss_sum += loss.item() * len(lengths)
-                seconds += lengths.sum().item() / SAMPLE_RATE
-            count, loss_sum, seconds = reduce_update(params, count, loss_sum, seconds, ranks)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
-            loss_value = loss_sum / count
-            if not (math.isfinite(loss_value) and torch.isfinite(grad_norm)):
-                position.bad_in_a_row += 1
-                tqdm.write(f"update {position.update + 1}: non-finite loss or gradient ({loss_value}), "
-                           "skipped", file=sys.stderr)
-                if position.bad_in_a_row >= cfg.max_bad_losses:
-                    raise ScoreError(f"{cfg.max_bad_losses} non-finite losses in a row: stopping "
-                                     f"(the last good state is in {state_path})")
-                continue
-            optimizer.step()
-            scheduler.step()
-            position.update, position.bad_in_a_row = position.update + 1, 0
-            position.audio_seconds += seconds
-            hours, lr = position.audio_seconds / 3600, scheduler.get_last_lr()[0]
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", hours=f"{hours:.2f}", refresh=False)
-            bar.update(1)
-            if ranks.main and position.update % cfg.log_every == 0:
-                row = dict(update=position.update, loss=loss_value, lr=lr, grad_norm=grad_norm.item(),
-                           audio_hours=hours, skipped_files=position.skipped_files,
-                           seconds=round(time.time() - started, 1))
-                log_rows.append(row)
-                for key in ("loss", "lr", "grad_norm", "audio_hours"):
-                    writer.add_scalar(f"train/{key}", row[key], position.update)
-            if ranks.main and position.update % cfg.save_every == 0:
-                save_state(state_path, model, optimizer, scheduler, position, cfg, base_sha256(base_identity))
-                append_log(log_path, log_rows)
-                log_rows = []
-    bar.close()
+            result = update_step(run)
+            if result is not None:
+                log_and_save(run, *result)
+    run.bar.close()
+    return finish(run, stopped)
 
-    export_path = out / EXPORT_FILE
-    if ranks.main:
-        save_state(state_path, model, optimizer, scheduler, position, cfg, base_sha256(base_identity))
-        append_log(log_path, log_rows)
-        writer.close()
+
+def update_step(run: Run) -> tuple[float, torch.Tensor, float] | None:
+    """One optimiser update from ``utterances_per_update`` utterances.
+
+    Returns:
+        (mean loss, gradient norm, seconds of original-view audio), or None when the loss or
+        the gradient was not finite and the update was skipped.
+    """
+    cfg, position, ranks = run.cfg, run.position, run.ranks
+    run.optimizer.zero_grad(set_to_none=True)
+    seed = update_seed(cfg.seed, position.update, ranks.rank)
+    torch.manual_seed(seed)  # dropout, in the teacher too under model.dropout=official
+    run.generator.manual_seed(seed)  # crops and views
+    count = loss_sum = seconds = 0.0
+    while not all_ranks_done(count >= run.share, ranks):
+        batch = next_batch(run)
+        if batch is None:
+            continue
+        wavs, lengths = batch
+        s_wav, s_len, t_wav, t_len = run.views(wavs.to(run.device), lengths.to(run.device), run.generator)
+        with run.autocast:
+            loss, _ = run.model(s_wav, s_len, t_wav, t_len)
+        (loss * len(lengths)).backward()  # a sum over utterances: divided by the count below
+        count += len(lengths)
+        loss_sum += loss.item() * len(lengths)
+        seconds += lengths.sum().item() / SAMPLE_RATE
+    count, loss_sum, seconds = reduce_update(run.params, count, loss_sum, seconds, ranks)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.optim.grad_clip)
+    loss_value = loss_sum / count
+    if not (math.isfinite(loss_value) and torch.isfinite(grad_norm)):
+        position.bad_in_a_row += 1
+        tqdm.write(f"update {position.update + 1}: non-finite loss or gradient ({loss_value}), skipped",
+                   file=sys.stderr)
+        if position.bad_in_a_row >= cfg.max_bad_losses:
+            raise ScoreError(f"{cfg.max_bad_losses} non-finite losses in a row: stopping "
+                             f"(the last good state is in {run.state_path})")
+        return None
+    run.optimizer.step()
+    run.scheduler.step()
+    position.update, position.bad_in_a_row = position.update + 1, 0
+    position.audio_seconds += seconds
+    return loss_value, grad_norm, seconds
+
+
+def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """This rank's next micro-batch (wavs (B, L), lengths (B,)), or None if none of it was readable."""
+    from .data import load_batch
+
+    position = run.position
+    unreadable = set(position.unreadable)  # each unreadable file is counted once, across updates
+    wavs, lengths, skipped = load_batch(run.utterances, next(run.batches), run.crop, run.min_len, run.generator,
+                                        failed=unreadable)
+    position.unreadable, position.skipped_files = sorted(unreadable), len(unreadable)
+    if len(lengths) == 0:
+        run.unreadable_batches += 1
+        if run.unreadable_batches > len(run.utterances):  # more than a whole epoch
+            raise ScoreError(f"no file of a whole epoch could be read ({position.skipped_files} "
+                             "unreadable files): check the corpus and the warnings above")
+        return None
+    run.unreadable_batches = 0
+    return wavs, lengths
+
+
+def log_and_save(run: Run, loss_value: float, grad_norm: torch.Tensor, seconds: float) -> None:
+    """Progress bar every update; a log row every ``log_every``; the state every ``save_every``."""
+    cfg, position = run.cfg, run.position
+    hours, lr = position.audio_seconds / 3600, run.scheduler.get_last_lr()[0]
+    run.bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", hours=f"{hours:.2f}", refresh=False)
+    run.bar.update(1)
+    if not run.ranks.main:
+        return
+    if position.update % cfg.log_every == 0:
+        row = dict(update=position.update, loss=loss_value, lr=lr, grad_norm=grad_norm.item(),
+                   audio_hours=hours, skipped_files=position.skipped_files,
+                   seconds=round(time.time() - run.started, 1))
+        run.log_rows.append(row)
+        for key in ("loss", "lr", "grad_norm", "audio_hours"):
+            run.writer.add_scalar(f"train/{key}", row[key], position.update)
+    if position.update % cfg.save_every == 0:
+        save_state(run.state_path, run.model, run.optimizer, run.scheduler, position, cfg,
+                   base_sha256(run.base_identity))
+        append_log(run.log_path, run.log_rows)
+        run.log_rows = []
+
+
+def finish(run: Run, stopped: int) -> Path:
+    """Save the state and, unless stopped by a signal, export; leave the process group."""
+    cfg, position = run.cfg, run.position
+    from .checkpoint import base_architecture
+
+    export_path = run.out / EXPORT_FILES[base_architecture(run.base_state)]
+    if run.ranks.main:
+        save_state(run.state_path, run.model, run.optimizer, run.scheduler, position, cfg,
+                   base_sha256(run.base_identity))
+        append_log(run.log_path, run.log_rows)
+        run.writer.close()
         if stopped:
             print(f"stopped by signal {stopped} at update {position.update}; re-run to resume",
                   file=sys.stderr)
         else:
-            export(export_path, base_state, base_identity, model, cfg, position)
-            plot_log(log_path, out / "loss.png")
+            export(export_path, run.base_state, run.base_identity, run.model, cfg, position)
+            plot_log(run.log_path, run.out / "loss.png")
             print(f"{position.update} updates, {position.audio_seconds / 3600:.2f} h of audio; skipped "
-                  f"{plan.num_skipped} too-short and {position.skipped_files} unreadable files", file=sys.stderr)
-    if ranks.world > 1:  # leave together: a rank exiting alone makes its peers' gloo/NCCL abort
+                  f"{run.plan.num_skipped} too-short and {position.skipped_files} unreadable files",
+                  file=sys.stderr)
+    if run.ranks.world > 1:  # leave together: a rank exiting alone makes its peers' gloo/NCCL abort
         dist.barrier()
         dist.destroy_process_group()
     if stopped:

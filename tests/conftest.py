@@ -38,3 +38,14 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "tiny_hubert.pt"
     write_converted(path, **tiny_hubert_state(seed=0))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_wavlm_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random WavLM (4 layers, 32-d, gated relative position bias) in the format s3prl's
+    ``wavlm_local`` reads."""
+    from score_s3prl.checkpoint import tiny_wavlm_state, write_wavlm
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny_wavlm.pt"
+    write_wavlm(path, **tiny_wavlm_state(seed=0))
+    return path

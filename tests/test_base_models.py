@@ -247,3 +247,39 @@ def test_wrong_base_checkpoints_are_clear_errors(tmp_path, make, problem):
     make(path)
     with pytest.raises(ScoreError, match=f"base.pt: {problem}"):
         load_base_state(str(path))
+
+
+def test_wavlm_base_url_is_the_one_s3prl_uses():
+    from s3prl.upstream.wavlm import hubconf
+
+    from score_s3prl.base_models import WAVLM_BASE_URL
+
+    assert WAVLM_BASE_URL in inspect.getsource(hubconf.wavlm_base)
+
+
+def test_wavlm_base_and_local_wavlm_files_load_in_their_own_format(monkeypatch, tiny_wavlm_ckpt):
+    from s3prl.util import download
+
+    from score_s3prl.base_models import WAVLM_BASE_URL
+    from score_s3prl.checkpoint import base_architecture
+
+    calls = []
+    monkeypatch.setattr(download, "_urls_to_filepaths",
+                        lambda *urls, refresh=False: calls.append(urls) or str(tiny_wavlm_ckpt))
+    state, identity = load_base_state("wavlm_base")
+    assert calls == [(WAVLM_BASE_URL,)] and identity.startswith("wavlm_base sha256:")
+    local, identity = load_base_state(str(tiny_wavlm_ckpt))
+    assert identity.startswith("local:") and base_architecture(local) == "wavlm"
+    reference = torch.load(tiny_wavlm_ckpt, weights_only=True)
+    assert local["cfg"] == reference["cfg"]
+    assert all(torch.equal(local["model"][k], v) for k, v in reference["model"].items())
+
+
+def test_wavlm_with_wrong_weights_is_a_clear_error(tmp_path):
+    from score_s3prl.checkpoint import tiny_wavlm_state, write_wavlm
+
+    state = tiny_wavlm_state(0)
+    del state["model"]["encoder.layers.0.self_attn.relative_attention_bias.weight"]
+    write_wavlm(tmp_path / "bad.pt", **state)
+    with pytest.raises(ScoreError, match="missing weights encoder.layers.0.self_attn.relative_attention_bias"):
+        load_base_state(str(tmp_path / "bad.pt"))

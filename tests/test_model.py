@@ -84,17 +84,19 @@ def _batch(speech: torch.Tensor, spans: list[tuple[int, int]]) -> tuple[torch.Te
 SPANS = [(0, 40000), (3000, 19001), (10000, 10000 + 6417), (20000, 20000 + 400)]
 
 
-@pytest.mark.parametrize("variant", ["post_ln", "pre_ln"])
+@pytest.mark.parametrize("variant", ["post_ln", "pre_ln", "wavlm"])
 def test_padded_batch_equals_each_utterance_alone(speech, variant):
-    state = tiny_hubert_state(0) if variant == "post_ln" else _pre_ln_state()
-    model, task_cfg = build_hubert(state)
+    from score_s3prl.checkpoint import build_base, tiny_wavlm_state
+
+    state = {"post_ln": tiny_hubert_state, "pre_ln": _pre_ln_state, "wavlm": tiny_wavlm_state}[variant](0)
+    model, normalize = build_base(state)
     wavs, lengths = _batch(speech, SPANS)
     with torch.no_grad():
-        frames, frame_lengths = last_layer_features(model, wavs, lengths, task_cfg.normalize)
+        frames, frame_lengths = last_layer_features(model, wavs, lengths, normalize)
         assert frames.shape[:2] == (len(SPANS), int(frame_lengths.max()))
         for row, n in enumerate(lengths.tolist()):
             wav = wavs[row : row + 1, :n]
-            if task_cfg.normalize:
+            if normalize:
                 wav = F.layer_norm(wav, wav.shape[1:])
             alone, _ = model.extract_features(wav)  # s3prl's own forward, one utterance
             assert alone.shape[1] == frame_lengths[row]
@@ -168,8 +170,8 @@ def test_training_changes_only_trainable_weights(speech, soft_dtw):
     assert any(name.startswith("teacher.") for name in before)  # the teacher was checked too
 
 
-def test_modes_and_frozen_determinism(speech):
-    model = ScoreModel(tiny_hubert_state(0), trainable_layers=1, train_final_norm=False)
+def test_frozen_eval_modes_and_determinism(speech):
+    model = ScoreModel(tiny_hubert_state(0), trainable_layers=1, train_final_norm=False, dropout="frozen-eval")
     assert model.training and model.student.encoder.layers[3].training
     assert not model.teacher.training and not any(m.training for m in model.teacher.modules())
     assert not model.student.encoder.layers[2].training and not model.student.encoder.training
@@ -185,6 +187,57 @@ def test_modes_and_frozen_determinism(speech):
 
     model.eval()
     assert not any(m.training for m in model.modules())
+
+
+def test_official_dropout_runs_the_teacher_in_train_mode(speech):
+    model = ScoreModel(tiny_hubert_state(0), trainable_layers=1, train_final_norm=False)  # dropout="official"
+    assert model.dropout == "official"
+    assert model.teacher.training and all(m.training for m in model.teacher.modules())
+    assert model.student.encoder.layers[0].training and model.student.dropout_input.training
+    assert model.teacher.encoder.layers[0].self_attn.dropout_module.p > 0  # the base config's 0.1
+    wav, lengths = _batch(speech, [(0, 16000)])
+
+    def teacher_frames(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return last_layer_features(model.teacher, wav, lengths)[0]
+
+    assert torch.equal(teacher_frames(1), teacher_frames(1))  # one dropout seed: the same output
+    assert not torch.equal(teacher_frames(1), teacher_frames(2))  # another seed: other masks
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(teacher_frames(1), teacher_frames(2))  # eval: no dropout at all
+
+
+def test_wavlm_freezing_by_structure_keeps_the_relative_position_bias_with_layer_1():
+    from score_s3prl.checkpoint import tiny_wavlm_state
+
+    bias = "encoder.layers.0.self_attn.relative_attention_bias.weight"
+    top = ScoreModel(tiny_wavlm_state(0), trainable_layers=2, train_final_norm=True)
+    trained = {n for n, p in top.student.named_parameters() if p.requires_grad}
+    assert bias not in trained and "encoder.layers.3.self_attn.grep_a" in trained
+    every = ScoreModel(tiny_wavlm_state(0), trainable_layers=4, train_final_norm=False)
+    assert every.student.get_parameter(bias).requires_grad  # it trains with layer 1 only
+    assert trainable_summary(top).splitlines()[-1].startswith("trainable:")
+
+
+def test_mlp_head_is_linear_relu_linear():
+    model = ScoreModel(tiny_hubert_state(0), head_dim=8, head="mlp")
+    layers = list(model.head)
+    assert [type(m) for m in layers] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    assert (layers[0].in_features, layers[0].out_features, layers[2].out_features) == (32, 8, 8)
+    out = model.project(torch.randn(2, 5, 32))
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2, 5))
+    with pytest.raises(ScoreError, match="model.head"):
+        ScoreModel(tiny_hubert_state(0), head="conv")
+
+
+def test_unknown_dropout_mode_and_method_are_errors():
+    with pytest.raises(ScoreError, match="model.dropout"):
+        ScoreModel(tiny_hubert_state(0), dropout="eval")
+    with pytest.raises(ScoreError, match="method"):
+        ScoreModel(tiny_hubert_state(0), method="spin")
 
 
 def test_loss_zero_for_identical_views_positive_otherwise(speech, soft_dtw):

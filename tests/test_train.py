@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -43,6 +44,7 @@ def subprocess_env():
 def test_paper_config_states_every_default():
     cfg = load_config(REPO / "upstream_configs" / "score_hubert_base.yaml")
     assert cfg == load_config(None)
+    assert cfg.precision == "fp32" and cfg.model.dropout == "official" and cfg.data.mode == "whole"
     assert (cfg.optim.lr, cfg.optim.warmup_updates, cfg.optim.total_updates) == (2e-5, 1000, 3600)
     assert (cfg.loss.gamma, cfg.model.head_dim, cfg.model.trainable_layers) == (0.1, 256, 2)
     assert cfg.views.speed_factors == [0.9, 1.0, 1.1] and cfg.views.semitones == [-2.0, 2.0]
@@ -58,9 +60,12 @@ def test_config_errors_name_the_key(tmp_path):
     assert load_config(None, ["optim.lr=1e-4", "data.subsets=[a, b]"]).data.subsets == ["a", "b"]
 
 
-def test_lr_schedule_warms_up_then_decays_to_zero():
-    factors = [lr_factor(u, 10, 30) for u in range(30)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+@pytest.mark.parametrize("shifted", [False, True])
+def test_lr_schedule_warms_up_then_decays_to_zero(shifted):
+    factors = [lr_factor(u, 10, 30, shifted=shifted) for u in range(30)]
+    # official (s3prl's linear_schedule_with_warmup): k / 10, so the first update has lr 0
+    assert factors[0] == pytest.approx(0.1 if shifted else 0.0)
+    assert factors[9] == pytest.approx(1.0 if shifted else 0.9)
     assert factors[10] == pytest.approx(1.0) and factors[29] == pytest.approx(0.05)
     assert all(a <= b for a, b in zip(factors[:10], factors[1:10]))
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
@@ -90,19 +95,25 @@ def test_loss_falls_on_a_fixed_batch(tiny_ckpt, speech):
 
 
 @pytest.mark.slow
-def test_run_trains_only_the_top_layers_and_exports(tiny_ckpt, assets_dir, tmp_path):
-    cfg = tiny_config(tiny_ckpt, assets_dir, tmp_path / "run", **{"optim.total_updates": 6, "log_every": 2})
+@pytest.mark.parametrize("method", ["score", "laser"])
+def test_run_trains_only_the_top_layers_and_exports(tiny_ckpt, assets_dir, tmp_path, method):
+    cfg = tiny_config(tiny_ckpt, assets_dir, tmp_path / "run", **{"optim.total_updates": 6, "log_every": 2,
+                                                                  "method": method})
     export_path = train(cfg)
     assert export_path == tmp_path / "run" / EXPORT_FILE
     base, tuned = read_converted(tiny_ckpt), read_converted(export_path)
     assert tuned["model_cfg"] == base["model_cfg"] and tuned["task_cfg"] == base["task_cfg"]
     assert tuned["score"]["updates"] == 6 and tuned["score"]["audio_hours"] > 0
     changed = {k for k, v in base["model_weight"].items() if not torch.equal(v, tuned["model_weight"][k])}
-    # Tiny model: 4 layers; the top 2 and the two norms the official code trains; nothing else moves.
+    # Tiny model: 4 layers; the top 2 and the norms the official code trains; nothing else moves.
+    # SCORE trains encoder.layer_norm and layer_norm; LASER's runner freezes `model.layer_norm`.
     assert changed, "nothing trained"
-    allowed = ("encoder.layers.2.", "encoder.layers.3.", "encoder.layer_norm.", "layer_norm.")
+    allowed = ("encoder.layers.2.", "encoder.layers.3.", "encoder.layer_norm.")
+    allowed += ("layer_norm.",) if method == "score" else ()
     assert all(k.startswith(allowed) for k in changed), sorted(changed)
     assert any(k.startswith("encoder.layers.3.") for k in changed)
+    assert any(k.startswith("encoder.layer_norm.") for k in changed)
+    assert tuned["score"]["method"] == method.upper()
     with open(tmp_path / "run" / "train_log.csv") as handle:
         assert [int(r["update"]) for r in csv.DictReader(handle)] == [2, 4, 6]
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
@@ -115,6 +126,69 @@ def test_same_seed_same_weights(tiny_ckpt, assets_dir, tmp_path):
                for name in ("a", "b")]
     a, b = (read_converted(p)["model_weight"] for p in exports)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("settings", [
+    {"model.dropout": "official", "data.mode": "whole"},
+    {"model.dropout": "frozen-eval", "data.mode": "crops", "optim.optimizer": "torch-adamw",
+     "optim.warmup": "shifted"},
+    {"model.dropout": "official", "method": "laser"},
+])
+def test_interrupted_run_resumes_bit_exactly(tiny_ckpt, assets_dir, tmp_path, monkeypatch, settings):
+    """An update that dies half-way (after the state of update 3 was saved) and a resume give
+    the weights of an uninterrupted run, with dropout in the teacher and frozen layers on or off."""
+    from score_s3prl import train as train_module
+
+    values = {"optim.total_updates": 6, "save_every": 3, "optim.utterances_per_update": 2, **settings}
+    whole = read_converted(train(tiny_config(tiny_ckpt, assets_dir, tmp_path / "whole", **values)))
+
+    real_step, calls = train_module.update_step, []
+
+    def dying_step(run):
+        calls.append(run.position.update)
+        if len(calls) == 5:  # mid-way through update 5: forward passes done, nothing saved
+            real_step(run)
+            raise RuntimeError("killed")
+        return real_step(run)
+
+    monkeypatch.setattr(train_module, "update_step", dying_step)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(tiny_config(tiny_ckpt, assets_dir, tmp_path / "resumed", **values))
+    monkeypatch.setattr(train_module, "update_step", real_step)
+    assert torch.load(tmp_path / "resumed" / STATE_FILE, weights_only=True)["position"]["update"] == 3
+    resumed = read_converted(train(tiny_config(tiny_ckpt, assets_dir, tmp_path / "resumed", **values)))
+    a, b = whole["model_weight"], resumed["model_weight"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dropout_modes_train_different_weights(tiny_ckpt, assets_dir, tmp_path):
+    """The official mode's dropout in the teacher and frozen layers does change what is trained."""
+    values = {"optim.total_updates": 2, "optim.utterances_per_update": 2}
+    a, b = (read_converted(train(tiny_config(tiny_ckpt, assets_dir, tmp_path / mode, **values,
+                                             **{"model.dropout": mode})))["model_weight"]
+            for mode in ("official", "frozen-eval"))
+    assert not torch.equal(a["encoder.layers.3.fc1.weight"], b["encoder.layers.3.fc1.weight"])
+
+
+def test_paper_configs_default_to_the_official_recipe():
+    for name, method in [("score_hubert_base", "score"), ("laser_hubert_base", "laser"),
+                         ("score_wavlm_base", "score"), ("laser_wavlm_base", "laser")]:
+        cfg = load_config(REPO / "upstream_configs" / f"{name}.yaml")
+        assert cfg.method == method and cfg.precision == "fp32" and cfg.model.dropout == "official"
+        assert (cfg.optim.optimizer, cfg.optim.eps, cfg.optim.warmup) == ("s3prl-adamw", None, "official")
+        assert cfg.data.mode == "whole" and cfg.optim.utterances_per_update == 8
+    laser = load_config(REPO / "upstream_configs" / "laser_hubert_base.yaml")
+    assert (laser.loss.sigma, laser.loss.margin, laser.loss.alpha, laser.loss.gamma) == (0, 1.1, 0.4, 0.1)
+    laser_wavlm = load_config(REPO / "upstream_configs" / "laser_wavlm_base.yaml")
+    assert (laser_wavlm.loss.sigma, laser_wavlm.loss.margin, laser_wavlm.loss.alpha) == (0, 1.0, 0.15)
+    score_wavlm = load_config(REPO / "upstream_configs" / "score_wavlm_base.yaml")
+    assert score_wavlm.init == "wavlm_base" and score_wavlm.model.head == "mlp"
+    assert score_wavlm.views.speed_factors == [0.85, 0.9, 1.0, 1.1, 1.15]
+
+
+def test_unknown_choice_is_an_error(tiny_ckpt, assets_dir, tmp_path):
+    with pytest.raises(ScoreError, match="precision: 'fp16' is not one of fp32, bf16"):
+        train(tiny_config(tiny_ckpt, assets_dir, tmp_path, precision="fp16"))
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -311,3 +385,26 @@ def test_a_corpus_that_cannot_be_read_stops_with_a_clear_error(tiny_ckpt, tmp_pa
     with pytest.warns(UserWarning):
         with pytest.raises(ScoreError, match="no file of a whole epoch could be read"):
             train(tiny_config(tiny_ckpt, tmp_path / "corpus", tmp_path / "run", **{"data.subsets": ["train-clean-100"]}))
+
+
+def test_s3prl_adamw_numerics_are_the_official_ones():
+    """One step of optim.optimizer=s3prl-adamw: eps 1e-7 added to the *uncorrected* sqrt(v),
+    the bias corrections folded into the step size (torch's AdamW adds eps to sqrt(v_hat))."""
+    from types import SimpleNamespace
+
+    from score_s3prl.train import make_optimizer
+
+    o = SimpleNamespace(optimizer="s3prl-adamw", eps=None, lr=1e-2, weight_decay=0.0)
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    g = torch.tensor([1e-6, 3.0], dtype=torch.float64)  # a tiny gradient makes the eps placement visible
+    opt = make_optimizer([p], o)
+    p.grad = g.clone()
+    opt.step()
+    m, v = 0.1 * g, 0.001 * g**2
+    expected = torch.tensor([1.0, -2.0], dtype=torch.float64) - 1e-2 * math.sqrt(0.001) / 0.1 * m / (v.sqrt() + 1e-7)
+    torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=0)
+    q = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    torch_opt = make_optimizer([q], SimpleNamespace(**{**vars(o), "optimizer": "torch-adamw"}))
+    q.grad = g.clone()
+    torch_opt.step()
+    assert not torch.allclose(p.detach()[0], q.detach()[0], rtol=1e-3)  # the two differ for small gradients
