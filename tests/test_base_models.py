@@ -258,16 +258,15 @@ def test_wavlm_base_url_is_the_one_s3prl_uses():
 
 
 def test_wavlm_base_and_local_wavlm_files_load_in_their_own_format(monkeypatch, tiny_wavlm_ckpt):
-    from s3prl.util import download
-
+    from score_s3prl import download
     from score_s3prl.base_models import WAVLM_BASE_URL
     from score_s3prl.checkpoint import base_architecture
 
     calls = []
-    monkeypatch.setattr(download, "_urls_to_filepaths",
-                        lambda *urls, refresh=False: calls.append(urls) or str(tiny_wavlm_ckpt))
+    monkeypatch.setattr(download, "fetch",
+                        lambda url, refresh=False, validate=None: calls.append(url) or tiny_wavlm_ckpt)
     state, identity = load_base_state("wavlm_base")
-    assert calls == [(WAVLM_BASE_URL,)] and identity.startswith("wavlm_base sha256:")
+    assert calls == [WAVLM_BASE_URL] and identity.startswith("wavlm_base sha256:")
     local, identity = load_base_state(str(tiny_wavlm_ckpt))
     assert identity.startswith("local:") and base_architecture(local) == "wavlm"
     reference = torch.load(tiny_wavlm_ckpt, weights_only=True)

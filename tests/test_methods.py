@@ -69,10 +69,11 @@ def test_recipe_exports_load_in_stock_s3prl(arch, method, tiny_ckpt, tiny_wavlm_
 def test_run_superb_accepts_wavlm_upstreams(tiny_wavlm_ckpt):
     """`run_superb.sh --upstream wavlm_base --upstream score_wavlm_local=CKPT` passes the start-up
     checks and hands s3prl `-u NAME -k CKPT`."""
-    from score_s3prl.superb import runner
+    from score_s3prl.superb.checks import check_upstreams
+    from score_s3prl.superb.settings import parse_upstream
 
-    upstreams = [runner.parse_upstream("wavlm_base"), runner.parse_upstream(f"score_wavlm_local={tiny_wavlm_ckpt}")]
-    runner.check_upstreams(upstreams)
+    upstreams = [parse_upstream("wavlm_base"), parse_upstream(f"score_wavlm_local={tiny_wavlm_ckpt}")]
+    check_upstreams(upstreams)
     assert upstreams[1].flags == ["-u", "score_wavlm_local", "-k", str(tiny_wavlm_ckpt)]
     assert upstreams[0].flags == ["-u", "wavlm_base"]
 

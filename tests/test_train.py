@@ -187,7 +187,7 @@ def test_paper_configs_default_to_the_official_recipe():
 
 
 def test_unknown_choice_is_an_error(tiny_ckpt, assets_dir, tmp_path):
-    with pytest.raises(ScoreError, match="precision: 'fp16' is not one of fp32, bf16"):
+    with pytest.raises(ScoreError, match="precision = 'fp16': expected 'fp32' or 'bf16'"):
         train(tiny_config(tiny_ckpt, assets_dir, tmp_path, precision="fp16"))
 
 
