@@ -11,9 +11,11 @@ import argparse
 import csv
 import io
 import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -28,6 +30,7 @@ from score_s3prl.errors import ScoreError
 from score_s3prl.superb import cli, demo_data, plan, settings
 from score_s3prl.superb.stages import StageError
 
+REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train-clean-100", "dev-clean", "test-clean")
 WORDS = "A B C D E F G H I J".split()
 
@@ -505,6 +508,38 @@ def test_corrupt_checkpoint_stops_the_run_before_any_stage(env, capsys, kind, pr
             assert re.match(rf"error: --upstream {upstream}: {re.escape(str(bad))}: {problem}", err), err
             # nothing ran: the baseline's stages (first in the plan) included
             assert launches(env) == [] and not env["out"].exists()
+
+
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from score_s3prl.superb.lock import run_lock
+with run_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_one_run_per_out_and_a_killed_run_blocks_nothing(env, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(env["out"])], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ScoreError, match=rf"^{re.escape(str(env['out']))}: another run is using this --out "
+                                             rf"\(PID {holder.pid}: .*-c .*run_lock.*\); wait for it"):
+            run(env, "qbe")
+        assert launches(env) == []
+        assert run(env, "qbe", "--dry-run") == 0  # a dry run runs nothing and takes no lock
+        assert launches(env) == []
+    finally:
+        holder.kill()  # SIGKILL: no clean-up ran, the lock file still names the dead holder
+        holder.wait()
+    assert f"PID {holder.pid}:" in (env["out"] / ".run.lock").read_text()
+    capsys.readouterr()
+    assert run(env, "qbe") == 0
+    assert len(launches(env)) == 2 and len(read_rows(env["csv"])) == 2
+    assert (env["out"] / ".run.lock").read_text().startswith(f"PID {os.getpid()}: ")
+    assert run(env, "qbe") == 0  # released at the end of the run: the next one in this process proceeds
 
 
 def test_layer_lists():
