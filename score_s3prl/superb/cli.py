@@ -21,8 +21,9 @@ results CSV), :mod:`.checks` checks the inputs, :mod:`.plan` builds the stages,
 
 Data roots come from ``--libri-root`` / ``$LIBRISPEECH_ROOT``, ``--quesst-root`` /
 ``$QUESST14_ROOT`` and, optionally, ``--lexicon`` / ``$LIBRISPEECH_LEXICON`` (without it a lexicon
-is written from CMUdict); all of them, and the upstream checkpoints, are checked before any
-stage starts. Finished stages are skipped on a re-run unless their settings or the content of their
+is written from CMUdict); all of them are checked, and the upstream checkpoints opened, before
+any stage starts. One run at a time per ``--out``: a second stops at once, naming the first
+(:mod:`.lock`). Finished stages are skipped on a re-run unless their settings or the content of their
 upstream checkpoint changed (``--force`` redoes them all), and a training that died resumes from its
 last ``states-*.ckpt``; ``--dry-run``
 prints the commands. Each measurement is appended to the results CSV (``--results``), and a
