@@ -11,8 +11,11 @@ import argparse
 import csv
 import io
 import json
+import os
+import re
 import shlex
 import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -20,19 +23,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 
+from score_s3prl.checkpoint import tiny_hubert_state, write_converted
 from score_s3prl.errors import ScoreError
 from score_s3prl.superb import cli, demo_data, plan, settings
 from score_s3prl.superb.stages import StageError
 
+REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train-clean-100", "dev-clean", "test-clean")
 WORDS = "A B C D E F G H I J".split()
 
 FAKE_LAUNCHER = textwrap.dedent('''
     """Stands in for `python -m score_s3prl.run_downstream`; logs its argv to $FAKE_LAUNCHER_LOG.
 
-    The upstream checkpoint (-k) is a JSON file saying how good the fake upstream is: "errors"
-    (wrong words out of 10 in every ASR/PR hypothesis) and "hits" (QbE queries found).
+    The upstream checkpoint (-k) is a tiny HuBERT (the input checks open it); the JSON file beside
+    it, <ckpt>.quality.json, says how good the fake upstream is: "errors" (wrong words out of 10 in
+    every ASR/PR hypothesis) and "hits" (QbE queries found).
     """
     import ast, json, os, sys
     from pathlib import Path
@@ -53,7 +60,7 @@ FAKE_LAUNCHER = textwrap.dedent('''
         else:
             expdir = Path(flag("-p"))
             expdir.mkdir(parents=True)
-            state = {**json.loads(Path(flag("-k")).read_text()), "downstream": flag("-d")}
+            state = {**json.loads(Path(flag("-k") + ".quality.json").read_text()), "downstream": flag("-d")}
             (expdir / "states-5.ckpt").write_text(json.dumps(state))
             if os.environ.get("FAKE_DIE") and os.environ["FAKE_DIE"] in " ".join(argv):
                 sys.exit("error: killed after saving states-5.ckpt")
@@ -72,7 +79,7 @@ FAKE_LAUNCHER = textwrap.dedent('''
     else:  # QbE
         expdir = Path(flag("-p"))
         expdir.mkdir(parents=True)
-        quality = json.loads(Path(flag("-k")).read_text())
+        quality = json.loads(Path(flag("-k") + ".quality.json").read_text())
         root = Path(ast.literal_eval(overrides["config.downstream_expert.datarc.dataset_root"]))
         name = "dev" if flag("-t") == "dev" else "eval"
         truth = mtwv.load_groundtruth(root / "scoring" / f"groundtruth_quesst14_{name}")
@@ -86,6 +93,13 @@ FAKE_LAUNCHER = textwrap.dedent('''
             lines.append("</detected_termlist>")
         (expdir / "benchmark.stdlist.xml").write_text("\\n".join(lines + ["</stdlist>"]))
 ''')
+
+
+def fake_upstream(path: Path, errors: int, hits: int, seed: int = 0) -> Path:
+    """A tiny HuBERT checkpoint (other ``seed``: other weights) and the quality the fake launcher gives it."""
+    write_converted(path, **tiny_hubert_state(seed=seed))
+    Path(f"{path}.quality.json").write_text(json.dumps({"errors": errors, "hits": hits}))
+    return path
 
 
 def write_libri(root: Path) -> Path:
@@ -118,9 +132,8 @@ def env(tmp_path, quesst_root, monkeypatch) -> dict[str, Path]:
     script.write_text(FAKE_LAUNCHER)
     monkeypatch.setattr(plan, "LAUNCHER", [sys.executable, str(script)])
     monkeypatch.setenv("FAKE_LAUNCHER_LOG", str(tmp_path / "launches.jsonl"))
-    base, score = tmp_path / "base.pt", tmp_path / "score.pt"
-    base.write_text(json.dumps({"errors": 2, "hits": 2}))  # WER/PER 20 %, MTWV 2/3
-    score.write_text(json.dumps({"errors": 1, "hits": 1}))  # WER/PER 10 %, MTWV 1/3
+    base = fake_upstream(tmp_path / "base.pt", errors=2, hits=2)  # WER/PER 20 %, MTWV 2/3
+    score = fake_upstream(tmp_path / "score.pt", errors=1, hits=1, seed=1)  # WER/PER 10 %, MTWV 1/3
     return {"root": tmp_path, "libri": libri, "quesst": quesst_root, "base": base, "score": score,
             "out": tmp_path / "exp", "csv": tmp_path / "results" / "superb.csv"}
 
@@ -194,8 +207,7 @@ def test_changed_or_broken_stages_rerun_with_what_depends_on_them(env):
     run(env, "pr")
     assert len(launches(env)) == 4
     # a new upstream runs alone; the finished baseline is reused for its gain
-    third = env["root"] / "third.pt"
-    third.write_text(json.dumps({"errors": 4, "hits": 0}))
+    third = fake_upstream(env["root"] / "third.pt", errors=4, hits=0, seed=2)
     run(env, "pr", upstreams=("hubert_local={base}", "score_hubert_local={score}", f"hubert_local={third}"))
     assert len(launches(env)) == 6
     assert float(read_rows(env["csv"])[-1]["relative_gain_vs_baseline_%"]) == pytest.approx(-100.0)
@@ -214,7 +226,7 @@ def test_new_weights_at_the_same_path_are_evaluated_again(env):
     run(env, "all")
     assert len(launches(env)) == 10  # per upstream: ASR and PR train + evaluate, QbE evaluate
     # fine-tuning again overwrites the SCORE checkpoint in place: its runs redo, the baseline's do not
-    env["score"].write_text(json.dumps({"errors": 3, "hits": 2}))
+    fake_upstream(env["score"], errors=3, hits=2, seed=3)
     run(env, "all")
     again = launches(env)[10:]
     assert [a[a.index("-m") + 1] for a in again] == ["train", "evaluate", "train", "evaluate", "evaluate"]
@@ -317,8 +329,7 @@ def overrides(text: str) -> dict:
 
 def test_dry_run_prints_the_s3prl_commands(env, capsys, monkeypatch):
     monkeypatch.setattr(plan, "LAUNCHER", [sys.executable, "-m", "score_s3prl.run_downstream"])
-    ckpt = env["root"] / "score_hubert.pt"
-    ckpt.write_bytes(b"")
+    ckpt = Path(shutil.copy(env["score"], env["root"] / "score_hubert.pt"))
     monkeypatch.setenv("SCORE_HUBERT_CKPT", str(ckpt))
     assert cli.main(["all", "--dry-run", "--out", str(env["out"]), "--device", "cpu",
                         "--results", str(env["csv"]), "--qbe-dev-layers", "0-1"]) == 0
@@ -454,11 +465,81 @@ def test_bad_upstreams(env, monkeypatch):
     fails_before_start(env, r"given twice", upstreams=("hubert_local={base}", "hubert_local={base}"))
     other = env["root"] / "other" / "base.pt"  # another file of the same name: same run folder
     other.parent.mkdir()
-    other.write_text(env["base"].read_text())
+    shutil.copy(env["base"], other)
     fails_before_start(env, r"given twice with the same checkpoint file name; both would run in .*hubert_local--base",
                        upstreams=("hubert_local={base}", f"hubert_local={other}"))
     with pytest.raises(ScoreError, match="expected NAME or NAME=CKPT"):
         settings.parse_upstream("not a name")
+
+
+def corrupt_checkpoint(path: Path, kind: str, good: Path) -> Path:
+    """``good`` spoilt as ``kind`` says, written to ``path``."""
+    state = tiny_hubert_state()
+    if kind == "text":
+        path.write_text("these are not the weights you are looking for\n")
+    elif kind == "truncated":  # a copy cut short
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "no model_weight":
+        del state["model_weight"]
+        torch.save(state, path)
+    elif kind == "wrong shapes":  # weights of another model config
+        torch.save({**state, "model_cfg": {**state["model_cfg"], "encoder_embed_dim": 48}}, path)
+    elif kind == "nonsense config":
+        torch.save({**state, "model_cfg": {**state["model_cfg"], "conv_feature_layers": "[(8,"}}, path)
+    return path
+
+
+@pytest.mark.parametrize(("kind", "problem"), [
+    ("text", "not a loadable checkpoint"), ("truncated", "not a loadable checkpoint"),
+    ("no model_weight", r"not an s3prl converted HuBERT checkpoint \(missing model_weight\)"),
+    ("wrong shapes", "weights do not fit the model config"), ("nonsense config", "model does not build"),
+])
+def test_corrupt_checkpoint_stops_the_run_before_any_stage(env, capsys, kind, problem):
+    from score_s3prl import cli as top_cli
+
+    bad = corrupt_checkpoint(env["root"] / "bad.pt", kind, env["score"])
+    for upstream in ("score_hubert_local", "hubert_local"):  # ours, and s3prl's entry for the same format
+        for dry_run in ((), ("--dry-run",)):  # a dry run opens them too: cheap, and it tells the user early
+            argv = ["superb", "all", "--out", str(env["out"]), "--results", str(env["csv"]), "--device", "cpu",
+                    *dry_run, "--upstream", f"hubert_local={env['base']}", "--upstream", f"{upstream}={bad}"]
+            assert top_cli.main(argv) == 2
+            out, err = capsys.readouterr()
+            assert out == "" and err.count("\n") == 1, err
+            assert re.match(rf"error: --upstream {upstream}: {re.escape(str(bad))}: {problem}", err), err
+            # nothing ran: the baseline's stages (first in the plan) included
+            assert launches(env) == [] and not env["out"].exists()
+
+
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from score_s3prl.superb.lock import run_lock
+with run_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_one_run_per_out_and_a_killed_run_blocks_nothing(env, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(env["out"])], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ScoreError, match=rf"^{re.escape(str(env['out']))}: another run is using this --out "
+                                             rf"\(PID {holder.pid}: .*-c .*run_lock.*\); wait for it"):
+            run(env, "qbe")
+        assert launches(env) == []
+        assert run(env, "qbe", "--dry-run") == 0  # a dry run runs nothing and takes no lock
+        assert launches(env) == []
+    finally:
+        holder.kill()  # SIGKILL: no clean-up ran, the lock file still names the dead holder
+        holder.wait()
+    assert f"PID {holder.pid}:" in (env["out"] / ".run.lock").read_text()
+    capsys.readouterr()
+    assert run(env, "qbe") == 0
+    assert len(launches(env)) == 2 and len(read_rows(env["csv"])) == 2
+    assert (env["out"] / ".run.lock").read_text().startswith(f"PID {os.getpid()}: ")
+    assert run(env, "qbe") == 0  # released at the end of the run: the next one in this process proceeds
 
 
 def test_layer_lists():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +23,8 @@ from .settings import ENV, QBE_GROUNDTRUTH, QBE_LANGUAGE_KEY, SPLITS, Settings, 
 
 
 def check_upstreams(upstreams: Sequence[Upstream]) -> None:
-    """Every upstream names an s3prl hub entry and an existing local checkpoint (when it has one).
+    """Every upstream names an s3prl hub entry and an existing local checkpoint (when it has one),
+    and every checkpoint in the converted HuBERT format loads into its model (:func:`open_checkpoint`).
 
     Raises:
         ScoreError: naming the upstream and the problem.
@@ -50,6 +52,42 @@ def check_upstreams(upstreams: Sequence[Upstream]) -> None:
         if upstream.ckpt and "://" not in upstream.ckpt and not os.path.exists(upstream.ckpt):
             hint = f" (${CKPT_ENV} or the default path); {MAKE_ONE}" if upstream.name == "score_hubert" else ""
             raise ScoreError(f"{upstream.ckpt}: checkpoint of --upstream {upstream.name} not found{hint}")
+    for upstream in upstreams:
+        open_checkpoint(upstream)
+
+
+# Entries whose -k is a local file in s3prl's converted HuBERT format: ours, and s3prl's own
+# hubert_local / hubert_custom (same format, same HubertModel, stock loader). Not opened here:
+# URLs (*_url: downloaded by the stage itself), names without a checkpoint (hubert_base,
+# wavlm_base: s3prl downloads their weights) and other entries' files, whose formats only their
+# s3prl loaders know (some download, some need fairseq or espnet); their stage reports them.
+CONVERTED_HUBERT_ENTRIES = ("score_hubert", "score_hubert_local", "hubert_local", "hubert_custom")
+MAX_PROBLEM_CHARS = 300  # torch's messages run to paragraphs; the error stays one readable line
+
+
+def open_checkpoint(upstream: Upstream) -> None:
+    """Load ``upstream``'s checkpoint as its hub entry will and build the model on the CPU, so that
+    a corrupt file stops the run before the baseline's stages (hours on real ASR), not after them.
+
+    Raises:
+        ScoreError: one line naming the upstream, the file and the problem.
+    """
+    if upstream.name not in CONVERTED_HUBERT_ENTRIES or not upstream.ckpt or "://" in upstream.ckpt:
+        return
+    from ..hub import ScoreHubertExpert
+
+    try:
+        with warnings.catch_warnings():  # torch's deprecation notices about HuBERT's layers: not the user's
+            warnings.simplefilter("ignore")
+            # the hub entry's own path: read_converted, build_hubert, s3prl's HuBERT expert around it
+            ScoreHubertExpert(upstream.ckpt)
+    except Exception as exc:  # a ScoreError from the reader, or whatever a nonsense config raises
+        problem = " ".join(str(exc).split()) or type(exc).__name__
+        if not isinstance(exc, ScoreError):
+            problem = f"{upstream.ckpt}: model does not build ({type(exc).__name__}: {problem})"
+        if len(problem) > MAX_PROBLEM_CHARS:
+            problem = problem[:MAX_PROBLEM_CHARS] + "..."
+        raise ScoreError(f"--upstream {upstream.name}: {problem}") from exc
 
 
 def _root(value: Path | None, option: str, setting: str, what: str) -> Path:

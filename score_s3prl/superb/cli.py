@@ -21,8 +21,9 @@ results CSV), :mod:`.checks` checks the inputs, :mod:`.plan` builds the stages,
 
 Data roots come from ``--libri-root`` / ``$LIBRISPEECH_ROOT``, ``--quesst-root`` /
 ``$QUESST14_ROOT`` and, optionally, ``--lexicon`` / ``$LIBRISPEECH_LEXICON`` (without it a lexicon
-is written from CMUdict); all of them, and the upstream checkpoints, are checked before any
-stage starts. Finished stages are skipped on a re-run unless their settings or the content of their
+is written from CMUdict); all of them are checked, and the upstream checkpoints opened, before
+any stage starts. One run at a time per ``--out``: a second stops at once, naming the first
+(:mod:`.lock`). Finished stages are skipped on a re-run unless their settings or the content of their
 upstream checkpoint changed (``--force`` redoes them all), and a training that died resumes from its
 last ``states-*.ckpt``; ``--dry-run``
 prints the commands. Each measurement is appended to the results CSV (``--results``), and a
@@ -35,6 +36,7 @@ tasks on the CPU in about a minute on 2 cores; its numbers are not SUPERB number
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
@@ -46,6 +48,7 @@ from ..recipes import RECIPES
 from . import results
 from .checks import check_inputs
 from .demo import DEMO_FINETUNE_STEPS, DEMO_NOTICE, DEMO_STEPS, demo_stages
+from .lock import run_lock
 from .plan import Planner, main_rows, rows_of
 from .settings import DEFAULT_UPSTREAMS, ENV, LAST_LAYER, Settings, Upstream, parse_upstream
 from .stages import Pipeline, Stage
@@ -147,10 +150,18 @@ def record_results(csv_path: Path, stage: Stage) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    with contextlib.ExitStack() as lock:  # the run lock of --out, released however the run ends
+        return run(parse_args(argv), lock)
+
+
+def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
+    """The run loop; takes the run lock of ``--out`` into ``lock`` before its first stage, unless
+    it is a dry run (which runs nothing)."""
     settings = settings_from(args)
     pipeline = Pipeline(force=args.force, dry_run=args.dry_run, terminal=sys.stdout)
     if settings.demo:
+        if not args.dry_run:  # the demo writes into --out before the input checks
+            lock.enter_context(run_lock(settings.out))
         pipeline.say(DEMO_NOTICE)
         stages, data, base, export = demo_stages(settings, args.finetune_steps)
         for stage in stages:
@@ -160,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             upstreams=(Upstream("hubert_local", str(base)), Upstream("score_hubert_local", str(export))))
     if not (settings.demo and args.dry_run):  # a demo dry run has not built what it would check
         check_inputs(settings)
+    if not (settings.demo or args.dry_run):  # after the checks, so that bad input leaves no --out behind
+        lock.enter_context(run_lock(settings.out))
     planner = Planner(settings)
     appended = 0  # rows appended to the results CSV by this invocation
     for stage in planner.stages():

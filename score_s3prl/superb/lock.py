@@ -1,0 +1,56 @@
+"""One run per ``--out``: an exclusive ``flock`` on ``<out>/.run.lock`` for the life of the process.
+
+Two runs into one folder would run every stage twice in the same folders, overwrite each
+other's logs and append every results row twice. The lock file holds the holder's PID and
+command line so that the second run can name it. The kernel drops a ``flock`` when its
+process dies, ``kill -9`` included, so a dead run never blocks the next one and there is no
+stale-lock cleanup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import ScoreError
+
+LOCK_NAME = ".run.lock"
+
+__all__ = ["LOCK_NAME", "run_lock"]
+
+
+def _command_line() -> str:
+    # orig_argv has the interpreter and -m: what `ps` shows, what the user can recognise
+    return shlex.join(getattr(sys, "orig_argv", sys.argv))
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[Path]:
+    """Hold the run lock of ``out`` (created if need be) until the block ends; yields the lock file.
+
+    Raises:
+        ScoreError: another live process holds it; names its PID and command line.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    # not O_TRUNC: until the lock is ours, the file says who holds it
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the stages' subprocesses
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            # the holder writes its line just after locking: it can be empty for a moment
+            who = " ".join(holder.split()) or "a process that has not written its PID yet"
+            raise ScoreError(f"{out}: another run is using this --out ({who}); wait for it to end "
+                             f"or pass another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()}: {_command_line()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock; the file stays (unlinking a flock file races with its next taker)
