@@ -143,17 +143,17 @@ DEFAULT_WAVLM_CKPT = os.path.join("exp", "score_wavlm_base", "score_wavlm.pt")
 
 
 def read_wavlm(path: str) -> dict[str, Any]:
-    """Load a WavLM checkpoint with ``weights_only=True`` and check it builds s3prl's WavLM strictly."""
-    import torch
+    """Load a WavLM checkpoint weights-only (:mod:`score_s3prl.safeload`) and check it builds
+    s3prl's WavLM strictly.
 
+    Raises:
+        ScoreError: one line naming ``path``: missing, not a checkpoint, not a WavLM, or weights
+            that do not fit its config.
+    """
     from .checkpoint import build_wavlm, is_wavlm_state
+    from .safeload import load_checkpoint
 
-    if not os.path.isfile(path):
-        raise ScoreError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ScoreError(f"{path}: not a loadable checkpoint ({exc})") from exc
+    state = load_checkpoint(path)
     if not is_wavlm_state(state):
         raise ScoreError(f"{path}: not an s3prl WavLM checkpoint (a dict with a flat `cfg` and `model`)")
     build_wavlm(state, path)
@@ -176,15 +176,13 @@ def score_wavlm_local(ckpt: str | None = None, model_config: str | None = None, 
 
 def score_wavlm_url(ckpt: str | None = None, model_config: str | None = None, refresh: bool = False,
                     **kwargs: Any):
-    """``-u score_wavlm_url -k URL``: downloaded once into s3prl's cache (``-r`` again)."""
+    """``-u score_wavlm_url -k URL``: downloaded once into s3prl's cache (``-r`` again), with
+    the same timeouts and checks as :func:`score_hubert_url`; only a loadable WavLM is cached."""
     if not ckpt:
         raise ScoreError("score_wavlm_url needs a checkpoint URL: -k https://...")
-    from s3prl.util.download import _urls_to_filepaths
+    from .download import fetch
 
-    try:
-        path = _urls_to_filepaths(ckpt, refresh=refresh)
-    except Exception as exc:
-        raise ScoreError(f"{ckpt}: cannot download checkpoint ({exc})") from exc
+    path = fetch(ckpt, refresh=refresh, validate=read_wavlm)
     return score_wavlm_local(path, **kwargs)
 
 

@@ -490,9 +490,9 @@ def corrupt_checkpoint(path: Path, kind: str, good: Path) -> Path:
 
 
 @pytest.mark.parametrize(("kind", "problem"), [
-    ("text", "not a loadable checkpoint"), ("truncated", "not a loadable checkpoint"),
+    ("text", r"not a PyTorch checkpoint \(it starts with b'thes'"), ("truncated", r"not a PyTorch checkpoint \(a damaged zip"),
     ("no model_weight", r"not an s3prl converted HuBERT checkpoint \(missing model_weight\)"),
-    ("wrong shapes", "weights do not fit the model config"), ("nonsense config", "model does not build"),
+    ("wrong shapes", "weights do not fit the model config"), ("nonsense config", r"not a HuBERT model config \(SyntaxError"),
 ])
 def test_corrupt_checkpoint_stops_the_run_before_any_stage(env, capsys, kind, problem):
     from score_s3prl import cli as top_cli
@@ -507,6 +507,30 @@ def test_corrupt_checkpoint_stops_the_run_before_any_stage(env, capsys, kind, pr
             assert out == "" and err.count("\n") == 1, err
             assert re.match(rf"error: --upstream {upstream}: {re.escape(str(bad))}: {problem}", err), err
             # nothing ran: the baseline's stages (first in the plan) included
+            assert launches(env) == [] and not env["out"].exists()
+
+
+def test_corrupt_wavlm_checkpoint_stops_the_run_before_any_stage(env, capsys, tmp_path):
+    from score_s3prl import cli as top_cli
+    from score_s3prl.checkpoint import tiny_wavlm_state, write_wavlm
+
+    hubert = tmp_path / "hubert_shaped.pt"
+    torch.save(tiny_hubert_state(), hubert)  # a good file, of the other architecture
+    text = corrupt_checkpoint(tmp_path / "text.pt", "text", env["score"])
+    wavlm = tiny_wavlm_state()
+    del wavlm["model"]["encoder.layers.0.self_attn.relative_attention_bias.weight"]
+    missing_bias = tmp_path / "no_bias.pt"
+    write_wavlm(missing_bias, **wavlm)
+    cases = {hubert: "not an s3prl WavLM checkpoint", text: "not a PyTorch checkpoint",
+             missing_bias: "missing weights encoder.layers.0.self_attn.relative_attention_bias"}
+    for bad, problem in cases.items():
+        for upstream in ("score_wavlm_local", "wavlm_local"):
+            argv = ["superb", "all", "--out", str(env["out"]), "--results", str(env["csv"]), "--device", "cpu",
+                    "--upstream", f"hubert_local={env['base']}", "--upstream", f"{upstream}={bad}"]
+            assert top_cli.main(argv) == 2
+            out, err = capsys.readouterr()
+            assert out == "" and err.count("\n") == 1, err
+            assert re.match(rf"error: --upstream {upstream}: {re.escape(str(bad))}: .*{problem}", err), err
             assert launches(env) == [] and not env["out"].exists()
 
 

@@ -56,12 +56,14 @@ def check_upstreams(upstreams: Sequence[Upstream]) -> None:
         open_checkpoint(upstream)
 
 
-# Entries whose -k is a local file in s3prl's converted HuBERT format: ours, and s3prl's own
-# hubert_local / hubert_custom (same format, same HubertModel, stock loader). Not opened here:
-# URLs (*_url: downloaded by the stage itself), names without a checkpoint (hubert_base,
-# wavlm_base: s3prl downloads their weights) and other entries' files, whose formats only their
-# s3prl loaders know (some download, some need fairseq or espnet); their stage reports them.
+# Entries whose -k is a local file in a format we read: s3prl's converted HuBERT (ours, and s3prl's
+# own hubert_local / hubert_custom: same format, same HubertModel) and s3prl's WavLM format (ours
+# and stock wavlm_local). Not opened here: URLs (*_url: downloaded by the stage itself), names
+# without a checkpoint (hubert_base, wavlm_base: s3prl downloads their weights) and other entries'
+# files, whose formats only their s3prl loaders know (some download, some need fairseq or espnet);
+# their stage reports them.
 CONVERTED_HUBERT_ENTRIES = ("score_hubert", "score_hubert_local", "hubert_local", "hubert_custom")
+WAVLM_ENTRIES = ("score_wavlm", "score_wavlm_local", "wavlm_local")
 MAX_PROBLEM_CHARS = 300  # torch's messages run to paragraphs; the error stays one readable line
 
 
@@ -72,15 +74,21 @@ def open_checkpoint(upstream: Upstream) -> None:
     Raises:
         ScoreError: one line naming the upstream, the file and the problem.
     """
-    if upstream.name not in CONVERTED_HUBERT_ENTRIES or not upstream.ckpt or "://" in upstream.ckpt:
+    if not upstream.ckpt or "://" in upstream.ckpt:
         return
-    from ..hub import ScoreHubertExpert
+    from ..hub import ScoreHubertExpert, read_wavlm
 
+    if upstream.name in CONVERTED_HUBERT_ENTRIES:
+        # the hub entry's own path: read_converted, build_hubert, s3prl's HuBERT expert around it
+        open_as = ScoreHubertExpert
+    elif upstream.name in WAVLM_ENTRIES:
+        open_as = read_wavlm  # score_wavlm_local's reader: loads and builds s3prl's WavLM strictly
+    else:
+        return
     try:
-        with warnings.catch_warnings():  # torch's deprecation notices about HuBERT's layers: not the user's
+        with warnings.catch_warnings():  # torch's deprecation notices about the models' layers: not the user's
             warnings.simplefilter("ignore")
-            # the hub entry's own path: read_converted, build_hubert, s3prl's HuBERT expert around it
-            ScoreHubertExpert(upstream.ckpt)
+            open_as(upstream.ckpt)
     except Exception as exc:  # a ScoreError from the reader, or whatever a nonsense config raises
         problem = " ".join(str(exc).split()) or type(exc).__name__
         if not isinstance(exc, ScoreError):
