@@ -526,3 +526,19 @@ def test_fuzz_hub_entries(seed, tmp_path, tiny_ckpt, monkeypatch):
             call()
         assert "\n" not in str(error.value), str(error.value)
 
+
+
+def test_wavlm_url_entry_downloads_like_the_hubert_one(server, tmp_path, speech):
+    from score_s3prl.checkpoint import tiny_wavlm_state, write_wavlm
+    from score_s3prl.download import cache_path
+
+    with pytest.raises(ScoreError, match=r"cannot download checkpoint \(HTTP 404 Not Found\)"):
+        hub.score_wavlm_url(ckpt=f"{server}/missing/w.pt")
+    hubert_url = f"{server}/good/tiny.pt"  # a good checkpoint of the other architecture: not cached
+    with pytest.raises(ScoreError, match="not an s3prl WavLM checkpoint.*nothing was cached"):
+        hub.score_wavlm_url(ckpt=hubert_url)
+    assert not cache_path(hubert_url).exists()
+    write_wavlm(tmp_path / "w.pt", **tiny_wavlm_state())
+    url = (tmp_path / "w.pt").as_uri()
+    assert hub.score_wavlm_url(ckpt=url)([speech])["hidden_states"]
+    assert cache_path(url).exists()
