@@ -31,8 +31,8 @@ last ``states-*.ckpt``; ``--dry-run``
 prints the commands. Each measurement is appended to the results CSV (``--results``), and a
 summary table (our relative gains beside the paper's) and a bar chart (``--plot``) end the run.
 
-``demo`` needs no data and no weights (:mod:`.demo`): tiny models, bundled audio, the three
-tasks on the CPU in about a minute on 2 cores; its numbers are not SUPERB numbers.
+``demo`` needs no data and no weights (:mod:`.demo`): tiny models, bundled audio, the four
+tasks on the CPU in about 5 minutes on 2 cores; its numbers are not SUPERB numbers.
 """
 
 from __future__ import annotations
