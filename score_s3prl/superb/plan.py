@@ -219,15 +219,15 @@ class Planner:
         Every upstream is probed by its own ``score-s3prl probe`` run; the views depend only on
         the seed, the perturbation and the audio, so all upstreams meet the same views.
         """
-        from ..probe import SCORE  # lazily: the probe module loads torch, which a dry run need not
+        from ..probe import SCORE  # lazily: importing plan stays light (the probe module loads torch)
 
         s, spec = self.settings, RECIPES[task]
         assert s.probe_audio is not None, "checks.check_probe_audio refuses a run without it"
         split = s.probe_audio.name  # the results' split: the audio folder's name (dev-clean, test-other)
         run = s.out / task / upstream.label
         probe_dir = run / split
-        spec_arg = f"{upstream.name}={upstream.ckpt}" if upstream.ckpt else upstream.name
-        command = [*SCORE_CLI, "probe", "--upstream", spec_arg, "--audio", str(s.probe_audio),
+        upstream_arg = f"{upstream.name}={upstream.ckpt}" if upstream.ckpt else upstream.name  # probe's NAME[=CKPT]
+        command = [*SCORE_CLI, "probe", "--upstream", upstream_arg, "--audio", str(s.probe_audio),
                    "--max-utterances", str(s.probe_utterances), "--out", str(probe_dir), "--device", s.device,
                    "--no-progress"]
         evaluate = Stage(f"{task}/{upstream.label}/probe-{split}", run, f"probe-{split}",
