@@ -501,6 +501,24 @@ def write_csv(rows: Sequence[ProbeRow], path: str | os.PathLike) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
+def read_csv(path: str | os.PathLike) -> list[ProbeRow]:
+    """The rows of a ``probe.csv`` written by :func:`write_csv`.
+
+    Raises:
+        ScoreError: the file is missing or is not a probe CSV.
+    """
+    types = {f.name: f.type for f in fields(ProbeRow)}
+    parse = {"int": int, "float": float, "str": str, "bool": lambda text: text == "1"}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            records = list(csv.DictReader(handle))
+        return [ProbeRow(**{k: parse[types[k]](r[k]) for k in types}) for r in records]
+    except FileNotFoundError:
+        raise ScoreError(f"{path}: probe CSV not found") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ScoreError(f"{path}: not a probe CSV ({type(exc).__name__}: {exc})") from exc
+
+
 def _label(row: ProbeRow, rows: Sequence[ProbeRow]) -> str:
     """The upstream's name, with its checkpoint's file name when one name has several."""
     if len({r.checkpoint for r in rows if r.upstream == row.upstream}) > 1:

@@ -65,25 +65,30 @@ class DataPaths:
 class Recipe:
     """How one SUPERB task runs on stock s3prl, and how we measure it.
 
+    A label-free task that runs no s3prl downstream (the invariance probe) has no ``downstream``,
+    ``config``, ``check_config`` nor ``data_overrides``: the launcher never sees it.
+
     Attributes:
         task: our name (results CSV ``task``, ``score-s3prl superb TASK``).
-        downstream: s3prl ``-d``.
-        config: our config file in ``downstream_recipes/`` (relative to :data:`RECIPE_DIR`).
+        downstream: s3prl ``-d``; None: the task runs no s3prl downstream.
+        config: our config file in ``downstream_recipes/`` (relative to :data:`RECIPE_DIR`);
+            None with ``downstream``.
         metric: results CSV metric of the reported number.
         lower_is_better: direction of ``metric``.
-        test_split: s3prl ``-t`` of the reported evaluation.
+        test_split: s3prl ``-t`` of the reported evaluation; None: the split is named by the data
+            measured (the probe: its audio folder's name).
         best_checkpoint: what training saves for the best dev score; None: no training.
         assets: config keys (section, key under ``downstream_expert``) naming files shipped beside
             the config; relative paths are resolved against its folder.
         data_roots: the :class:`DataPaths` roots the task reads (``libri_root``, ``quesst_root``),
             checked before a run starts.
-        data_overrides: the ``-o`` keys that point the recipe at the data.
+        data_overrides: the ``-o`` keys that point the recipe at the data (None: no downstream).
         prepare: writes the files ``data_overrides`` names under ``DataPaths.prepared``
             (None: nothing to write); prints what it wrote to stderr.
         given_instead: a :class:`DataPaths` field that, when given, replaces what ``prepare``
             writes (PR: a lexicon), so no preparation runs.
         check_config: the launcher's check of a parsed s3prl run (args, config), raising
-            :class:`ScoreError` that names the key at fault.
+            :class:`ScoreError` that names the key at fault (None: no downstream).
         paper_settings: ``-o`` values of the SCORE paper's evaluation beyond the config.
         worker_keys: config keys of dataloader worker counts (``--workers``).
         demo_settings: ``-o`` values of the tiny-model demo.
@@ -92,27 +97,35 @@ class Recipe:
     """
 
     task: str
-    downstream: str
-    config: str
+    downstream: str | None = None
+    config: str | None = None
     metric: str
     lower_is_better: bool
-    test_split: str
-    best_checkpoint: str | None
+    test_split: str | None
+    best_checkpoint: str | None = None
     assets: tuple[tuple[str, str], ...] = ()
-    data_roots: tuple[str, ...]
-    data_overrides: Callable[[DataPaths], dict[str, Any]]
+    data_roots: tuple[str, ...] = ()
+    data_overrides: Callable[[DataPaths], dict[str, Any]] | None = None
     prepare: Callable[[DataPaths], None] | None = None
     given_instead: str | None = None
-    check_config: Callable[[argparse.Namespace, dict[str, Any]], None]
+    check_config: Callable[[argparse.Namespace, dict[str, Any]], None] | None = None
     paper_settings: Mapping[str, Any] = field(default_factory=dict)
     worker_keys: tuple[str, ...] = ()
     demo_settings: Mapping[str, Any] = field(default_factory=dict)
     paper_gain_pct: float | None = None
     plan: str
 
+    def __post_init__(self) -> None:
+        # the s3prl fields come together: a downstream needs its config, check and data keys
+        s3prl = (self.downstream, self.config, self.check_config, self.data_overrides)
+        if any(v is None for v in s3prl) and any(v is not None for v in s3prl):
+            raise ValueError(f"recipe {self.task}: downstream, config, check_config and data_overrides "
+                             "are given together or not at all")
+
     @property
-    def config_path(self) -> Path:
-        return RECIPE_DIR / self.config
+    def config_path(self) -> Path | None:
+        """Our config file for the downstream; None for a task with no downstream."""
+        return RECIPE_DIR / self.config if self.config is not None else None
 
 
 def config_path(downstream: str) -> Path | None:
@@ -121,8 +134,11 @@ def config_path(downstream: str) -> Path | None:
     return recipe.config_path if recipe else None
 
 
-def by_downstream(downstream: str) -> Recipe | None:
-    """The recipe run by s3prl's ``-d downstream``, or None for a downstream we do not ship."""
+def by_downstream(downstream: str | None) -> Recipe | None:
+    """The recipe run by s3prl's ``-d downstream``, or None for a downstream we do not ship (and
+    for None: a task without a downstream is never s3prl's)."""
+    if downstream is None:
+        return None
     return next((r for r in RECIPES.values() if r.downstream == downstream), None)
 
 
@@ -325,6 +341,12 @@ RECIPES: dict[str, Recipe] = {
         check_config=_check_quesst, worker_keys=(f"{EXPERT}.datarc.num_workers",),
         demo_settings={f"{EXPERT}.max_workers": 1}, paper_gain_pct=12.65, plan="qbe",
     ),
+    # label-free: the layer-wise invariance probe (score_s3prl/probe.py) on held-out audio, the last
+    # layer's value for SCORE's own views; its audio (dev-clean or --probe-audio) is checked by
+    # superb/checks.py. The paper reports no such number.
+    "probe": Recipe(
+        task="probe", metric="view_divergence", lower_is_better=True, test_split=None, plan="probe",
+    ),
 }  # fmt: skip
 
 
@@ -340,4 +362,5 @@ def prepare_config(args: argparse.Namespace, config: dict[str, Any]) -> None:
     if recipe is None:
         return
     resolve_assets(args.downstream, config, getattr(args, "config", None))
+    assert recipe.check_config is not None  # a recipe with a downstream has its check (__post_init__)
     recipe.check_config(args, config)

@@ -13,7 +13,7 @@ import yaml
 from score_s3prl import corpora, data
 from score_s3prl.audio import AudioError, audio_info
 from score_s3prl.errors import ScoreError
-from score_s3prl.recipes import RECIPES, DataPaths, by_downstream, config_path
+from score_s3prl.recipes import RECIPES, DataPaths, Recipe, by_downstream, config_path
 from score_s3prl.superb import prepare
 from score_s3prl.superb.plan import Planner
 
@@ -65,17 +65,28 @@ def test_every_recipe_is_complete():
     fields = {f.name for f in dataclasses.fields(DataPaths)}
     for task, recipe in RECIPES.items():
         assert recipe.task == task
+        assert set(recipe.data_roots) <= fields and (recipe.given_instead or "lexicon") in fields
+        assert callable(getattr(Planner, recipe.plan)), recipe.plan
+        if recipe.downstream is None:  # label-free (the probe): nothing of s3prl's, never found by -d
+            assert recipe.config_path is None and recipe.check_config is None and recipe.data_overrides is None
+            assert recipe.prepare is None and not recipe.assets and recipe.paper_gain_pct is None
+            continue
         assert by_downstream(recipe.downstream) is recipe and config_path(recipe.downstream) == recipe.config_path
         config = yaml.safe_load(recipe.config_path.read_text())
         for section, key in recipe.assets:
             assert key in config["downstream_expert"][section], (task, section, key)
-        assert set(recipe.data_roots) <= fields and (recipe.given_instead or "lexicon") in fields
-        assert callable(getattr(Planner, recipe.plan)), recipe.plan
         # Planner.trained evaluates the checkpoint training saves: a trained task must name it
         assert recipe.plan != "trained" or recipe.best_checkpoint
         keys = recipe.data_overrides(DataPaths(prepared=Path("/p"), libri_root=Path("/l"), quesst_root=Path("/q")))
         assert keys and all(k.startswith("config.downstream_expert.") for k in keys)
     assert by_downstream("emotion") is None and config_path("emotion") is None
+    assert by_downstream(None) is None  # s3prl run without -d (-e): not the label-free recipe
+    assert [t for t, r in RECIPES.items() if r.downstream is None] == ["probe"]
+
+
+def test_a_recipe_has_all_s3prl_fields_or_none():
+    with pytest.raises(ValueError, match="given together or not at all"):
+        Recipe(task="x", downstream="asr", metric="m", lower_is_better=True, test_split=None, plan="probe")
 
 
 def test_prepare_prints_the_recipe_overrides(tmp_path):

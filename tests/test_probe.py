@@ -166,6 +166,23 @@ def test_last_layer_value_picks_the_top_layer(assets_dir):
         probe.last_layer_value(rows, "other")
 
 
+def test_csv_reads_back_what_was_written_nan_and_collapse_included(assets_dir, tmp_path):
+    rows = run(LogMel(), held_out(assets_dir)) + run(Constant(), held_out(assets_dir))
+    assert any(r.collapsed and math.isnan(r.value) for r in rows)
+    probe.write_csv(rows, tmp_path / "probe.csv")
+    back = probe.read_csv(tmp_path / "probe.csv")
+    assert len(back) == len(rows) and all(isinstance(r.layer, int) and isinstance(r.collapsed, bool) for r in back)
+    for got, want in zip(back, rows):  # floats as written (8 significant digits), NaN as NaN
+        assert (got.upstream, got.layer, got.perturbation, got.collapsed, got.n) == \
+            (want.upstream, want.layer, want.perturbation, want.collapsed, want.n)
+        assert got.value == pytest.approx(want.value, rel=1e-7, nan_ok=True)
+    (tmp_path / "other.csv").write_text("task,value\nasr,1\n")
+    with pytest.raises(probe.ScoreError, match="not a probe CSV"):
+        probe.read_csv(tmp_path / "other.csv")
+    with pytest.raises(probe.ScoreError, match="probe CSV not found"):
+        probe.read_csv(tmp_path / "none.csv")
+
+
 def cli_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "score_s3prl.cli", "probe", "--no-progress", *args]
 

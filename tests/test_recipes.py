@@ -151,7 +151,7 @@ def test_default_config_only_when_none_given():
     for argv in (["-d", "asr", "-c", "mine.yaml"], ["-dasr", "--config=mine.yaml"], ["-d", "asr", "--conf", "x"],
                  ["-d", "emotion"], ["-u", "score_hubert", "-n", "x"], []):
         assert recipes.with_default_config(argv) == argv
-    for name in (r.downstream for r in recipes.RECIPES.values()):
+    for name in (r.downstream for r in recipes.RECIPES.values() if r.downstream is not None):
         assert yaml.safe_load(recipes.config_path(name).read_text())["downstream_expert"]
 
 

@@ -94,11 +94,42 @@ FAKE_LAUNCHER = textwrap.dedent('''
         (expdir / "benchmark.stdlist.xml").write_text("\\n".join(lines + ["</stdlist>"]))
 ''')
 
+FAKE_PROBE = textwrap.dedent('''
+    """Stands in for `python -m score_s3prl.cli` (only `probe`); logs its argv to $FAKE_PROBE_LOG.
 
-def fake_upstream(path: Path, errors: int, hits: int, seed: int = 0) -> Path:
-    """A tiny HuBERT checkpoint (other ``seed``: other weights) and the quality the fake launcher gives it."""
+    The upstream checkpoint's <ckpt>.quality.json (as the fake launcher's); its "view" is the last layer's
+    probe value for the "score" views (earlier layers get twice that, other views 0.9). Writes
+    probe.csv as score_s3prl.probe.write_csv does, without importing torch (fast).
+    """
+    import csv, json, os, sys
+    from pathlib import Path
+
+    argv = sys.argv[1:]
+    with open(os.environ["FAKE_PROBE_LOG"], "a") as log:
+        log.write(json.dumps(argv) + "\\n")
+    assert argv[0] == "probe", argv
+    flag = lambda name: argv[argv.index(name) + 1]
+    name, _, ckpt = flag("--upstream").partition("=")
+    view = json.loads(Path(ckpt + ".quality.json").read_text())["view"]
+    out = Path(flag("--out"))
+    out.mkdir(parents=True)
+    with open(out / "probe.csv", "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\\n")
+        writer.writerow(["upstream", "checkpoint", "layer", "perturbation", "value", "same_utterance",
+                         "different_utterance", "length_floor", "collapsed", "n", "n_pairs"])
+        for layer in range(3):
+            for pert in ("speed0.9", "score"):
+                value = (view if layer == 2 else 2 * view) if pert == "score" else 0.9
+                writer.writerow([name, ckpt, layer, pert, value, 0.1, 0.2, 0.01, 0, 2, 1])
+    (out / "probe.png").write_bytes(b"\\x89PNG fake")
+''')
+
+
+def fake_upstream(path: Path, errors: int, hits: int, seed: int = 0, view: float = 0.5) -> Path:
+    """A tiny HuBERT checkpoint (other ``seed``: other weights) and the quality the fake launcher
+    and the fake probe give it."""
     write_converted(path, **tiny_hubert_state(seed=seed))
-    Path(f"{path}.quality.json").write_text(json.dumps({"errors": errors, "hits": hits}))
+    Path(f"{path}.quality.json").write_text(json.dumps({"errors": errors, "hits": hits, "view": view}))
     return path
 
 
@@ -132,14 +163,18 @@ def env(tmp_path, quesst_root, monkeypatch) -> dict[str, Path]:
     script.write_text(FAKE_LAUNCHER)
     monkeypatch.setattr(plan, "LAUNCHER", [sys.executable, str(script)])
     monkeypatch.setenv("FAKE_LAUNCHER_LOG", str(tmp_path / "launches.jsonl"))
-    base = fake_upstream(tmp_path / "base.pt", errors=2, hits=2)  # WER/PER 20 %, MTWV 2/3
-    score = fake_upstream(tmp_path / "score.pt", errors=1, hits=1, seed=1)  # WER/PER 10 %, MTWV 1/3
+    probe_script = tmp_path / "fake_probe.py"
+    probe_script.write_text(FAKE_PROBE)
+    monkeypatch.setattr(plan, "SCORE_CLI", [sys.executable, str(probe_script)])
+    monkeypatch.setenv("FAKE_PROBE_LOG", str(tmp_path / "probes.jsonl"))
+    base = fake_upstream(tmp_path / "base.pt", errors=2, hits=2, view=0.5)  # WER/PER 20 %, MTWV 2/3, probe 0.5
+    score = fake_upstream(tmp_path / "score.pt", errors=1, hits=1, seed=1, view=0.4)  # WER/PER 10 %, MTWV 1/3, probe 0.4
     return {"root": tmp_path, "libri": libri, "quesst": quesst_root, "base": base, "score": score,
             "out": tmp_path / "exp", "csv": tmp_path / "results" / "superb.csv"}
 
 
-def launches(env) -> list[list[str]]:
-    path = env["root"] / "launches.jsonl"
+def launches(env, log: str = "launches.jsonl") -> list[list[str]]:
+    path = env["root"] / log
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -164,15 +199,16 @@ def test_rows_gains_and_plot(env):
     rows = read_rows(env["csv"])
     got = [(r["task"], r["metric"], r["split"], r["upstream"]) for r in rows]
     assert got == [(task, metric, split, up) for task, metric, split in
-                   [("asr", "wer", "test-clean"), ("pr", "per", "test"), ("qbe", "mtwv", "test")]
+                   [("asr", "wer", "test-clean"), ("pr", "per", "test"), ("qbe", "mtwv", "test"),
+                    ("probe", "view_divergence", "dev-clean")]
                    for up in ("hubert_local", "score_hubert_local")]
     base, score = rows[0::2], rows[1::2]
-    assert [r["relative_gain_vs_baseline_%"] for r in base] == ["", "", ""]
-    assert [float(r["value"]) for r in base] == pytest.approx([20.0, 20.0, 2 / 3])
-    assert [float(r["value"]) for r in score] == pytest.approx([10.0, 10.0, 1 / 3])
-    # error rates halved: +50 %; MTWV halved: -50 % (higher is better)
-    assert [float(r["relative_gain_vs_baseline_%"]) for r in score] == pytest.approx([50.0, 50.0, -50.0])
-    assert [r["lower_is_better"] for r in rows] == ["true", "true"] * 2 + ["false", "false"]
+    assert [r["relative_gain_vs_baseline_%"] for r in base] == ["", "", "", ""]
+    assert [float(r["value"]) for r in base] == pytest.approx([20.0, 20.0, 2 / 3, 0.5])
+    assert [float(r["value"]) for r in score] == pytest.approx([10.0, 10.0, 1 / 3, 0.4])
+    # error rates halved: +50 %; MTWV halved: -50 % (higher is better); probe 0.5 -> 0.4: +20 %
+    assert [float(r["relative_gain_vs_baseline_%"]) for r in score] == pytest.approx([50.0, 50.0, -50.0, 20.0])
+    assert [r["lower_is_better"] for r in rows] == ["true", "true"] * 2 + ["false", "false"] + ["true", "true"]
     assert rows[1]["checkpoint"] == str(env["score"])
     assert rows[1]["run_dir"] == str(env["out"] / "asr" / "score_hubert_local--score" / "test-clean")
     assert all(len(r["config_hash"]) == 12 and r["git_commit"] and r["date"] for r in rows)
@@ -226,15 +262,55 @@ def test_new_weights_at_the_same_path_are_evaluated_again(env):
     run(env, "all")
     assert len(launches(env)) == 10  # per upstream: ASR and PR train + evaluate, QbE evaluate
     # fine-tuning again overwrites the SCORE checkpoint in place: its runs redo, the baseline's do not
-    fake_upstream(env["score"], errors=3, hits=2, seed=3)
+    assert len(launches(env, "probes.jsonl")) == 2
+    fake_upstream(env["score"], errors=3, hits=2, seed=3, view=0.6)
     run(env, "all")
     again = launches(env)[10:]
     assert [a[a.index("-m") + 1] for a in again] == ["train", "evaluate", "train", "evaluate", "evaluate"]
     assert all(str(env["score"]) in " ".join(a) or "-e" in a for a in again)
-    rows = read_rows(env["csv"])[6:]
+    assert [a[a.index("--upstream") + 1] for a in launches(env, "probes.jsonl")[2:]] == [
+        f"score_hubert_local={env['score']}"]
+    rows = read_rows(env["csv"])[8:]
     assert [(r["task"], r["upstream"], float(r["value"])) for r in rows] == [
         ("asr", "score_hubert_local", 30.0), ("pr", "score_hubert_local", 30.0),
-        ("qbe", "score_hubert_local", pytest.approx(2 / 3))]
+        ("qbe", "score_hubert_local", pytest.approx(2 / 3)), ("probe", "score_hubert_local", 0.6)]
+
+
+def test_probe_task_probes_each_upstream_and_records_view_divergence(env, capsys):
+    audio = env["libri"] / "test-clean"
+    assert run(env, "probe", "--probe-audio", str(audio), "--probe-utterances", "2") == 0
+    out = capsys.readouterr().out
+    probes = launches(env, "probes.jsonl")
+    assert [a[a.index("--upstream") + 1] for a in probes] == [f"hubert_local={env['base']}",
+                                                               f"score_hubert_local={env['score']}"]
+    assert all(a[a.index("--audio") + 1] == str(audio) and a[a.index("--max-utterances") + 1] == "2"
+               for a in probes)
+    assert launches(env) == []  # no s3prl downstream runs
+    rows = read_rows(env["csv"])
+    assert [(r["task"], r["metric"], r["split"], r["upstream"], r["lower_is_better"]) for r in rows] == [
+        ("probe", "view_divergence", "test-clean", up, "true") for up in ("hubert_local", "score_hubert_local")]
+    # the last layer's "score" value (layer 2), not an earlier layer's nor another perturbation's
+    assert [float(r["value"]) for r in rows] == pytest.approx([0.5, 0.4])
+    assert rows[0]["relative_gain_vs_baseline_%"] == ""
+    assert float(rows[1]["relative_gain_vs_baseline_%"]) == pytest.approx(20.0)
+    folder = env["out"] / "probe" / "score_hubert_local--score" / "test-clean"
+    assert rows[1]["run_dir"] == str(folder) and (folder / "probe.csv").is_file()
+    # the probe table (every layer of the "score" views) follows the summary; the chart has the gain
+    table = out[out.index("invariance probe"):]
+    assert table.count(" score ") == 6 and "0.8000" in table and "0.4000" in table
+    assert (env["csv"].parent / "superb_gains.png").read_bytes()[:4] == b"\x89PNG"
+    # a re-run probes nothing again
+    run(env, "probe", "--probe-audio", str(audio), "--probe-utterances", "2")
+    assert len(launches(env, "probes.jsonl")) == 2 and len(read_rows(env["csv"])) == 2
+
+
+def test_probe_needs_held_out_audio(env, monkeypatch):
+    monkeypatch.delenv("LIBRISPEECH_ROOT")
+    with pytest.raises(ScoreError, match="probe: no held-out audio: pass --probe-audio DIR"):
+        run(env, "probe")
+    with pytest.raises(ScoreError, match="audio folder not found"):
+        run(env, "probe", "--probe-audio", str(env["root"] / "nowhere"))
+    assert launches(env, "probes.jsonl") == []
 
 
 @pytest.mark.slow
@@ -329,13 +405,15 @@ def overrides(text: str) -> dict:
 
 def test_dry_run_prints_the_s3prl_commands(env, capsys, monkeypatch):
     monkeypatch.setattr(plan, "LAUNCHER", [sys.executable, "-m", "score_s3prl.run_downstream"])
+    monkeypatch.setattr(plan, "SCORE_CLI", [sys.executable, "-m", "score_s3prl.cli"])
     ckpt = Path(shutil.copy(env["score"], env["root"] / "score_hubert.pt"))
     monkeypatch.setenv("SCORE_HUBERT_CKPT", str(ckpt))
     assert cli.main(["all", "--dry-run", "--out", str(env["out"]), "--device", "cpu",
                         "--results", str(env["csv"]), "--qbe-dev-layers", "0-1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert not env["out"].exists() and not env["csv"].exists()  # a dry run writes nothing
-    commands = [parse_command(line) for line in lines if line.startswith("$ ")]
+    probes = [line for line in lines if line.startswith("$ ") and " probe " in line]
+    commands = [parse_command(line) for line in lines if line.startswith("$ ") and line not in probes]
     assert len(commands) == 2 * (2 + 2 + 3)  # per upstream: ASR and PR train + evaluate, QbE test + 2 dev layers
     out, libri, quesst = env["out"], str(env["libri"]), str(env["quesst"])
     data = {
@@ -370,6 +448,16 @@ def test_dry_run_prints_the_s3prl_commands(env, capsys, monkeypatch):
             assert overrides(qbe[-1]) == {"config.downstream_expert.datarc.dataset_root": quesst}
     assert any("[prepare/asr] length tables" in line for line in lines)
     assert any("[prepare/pr] lexicon" in line and "CMUdict" in line for line in lines)
+    # the probe: one `score-s3prl probe` per upstream on the LibriSpeech root's dev-clean
+    assert len(probes) == 2
+    for line, (spec, label) in zip(probes, [("hubert_base", "hubert_base"),
+                                            (f"score_hubert={ckpt}", "score_hubert--score_hubert")]):
+        words = shlex.split(line[2:])
+        assert words[:3] == ["cd", str(out / "probe" / label), "&&"]
+        assert words[3:3 + len(plan.SCORE_CLI)] == plan.SCORE_CLI
+        assert words[3 + len(plan.SCORE_CLI):] == [
+            "probe", "--upstream", spec, "--audio", str(env["libri"] / "dev-clean"), "--max-utterances", "100",
+            "--out", str(out / "probe" / label / "dev-clean"), "--device", "cpu", "--no-progress"]
 
 
 def test_dry_run_with_a_lexicon_uses_it_and_writes_none(env, capsys):

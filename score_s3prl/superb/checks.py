@@ -19,7 +19,7 @@ from .. import corpora
 from ..errors import ScoreError
 from ..recipes import RECIPES
 from . import mtwv, results
-from .settings import ENV, QBE_GROUNDTRUTH, QBE_LANGUAGE_KEY, SPLITS, Settings, Upstream, qbe_splits
+from .settings import ENV, PROBE_SPLIT, QBE_GROUNDTRUTH, QBE_LANGUAGE_KEY, SPLITS, Settings, Upstream, qbe_splits
 
 
 def check_upstreams(upstreams: Sequence[Upstream]) -> None:
@@ -155,4 +155,21 @@ def check_inputs(settings: Settings) -> None:
             corpora.check_quesst(quesst, QBE_LANGUAGE_KEY[split])
             # parsed now: a bad ground truth must not wait until the (long) evaluation is over
             mtwv.scored_queries(mtwv.load_groundtruth(quesst / "scoring" / QBE_GROUNDTRUTH[split]))
+    if "probe" in settings.tasks:
+        check_probe_audio(settings)
     check_upstreams(settings.upstreams)
+
+
+def check_probe_audio(settings: Settings) -> None:
+    """The probe's held-out audio folder exists and holds at least 2 audio files.
+
+    Raises:
+        ScoreError: naming the folder, or how to give one.
+    """
+    from ..probe import find_audio
+
+    if settings.probe_audio is None:
+        raise ScoreError("probe: no held-out audio: pass --probe-audio DIR, or --libri-root DIR "
+                         f"(or ${ENV['libri_root']}) to probe its {PROBE_SPLIT}")
+    if len(find_audio(settings.probe_audio, settings.probe_utterances)) < 2:
+        raise ScoreError(f"{settings.probe_audio}: the probe needs at least 2 audio files")

@@ -1,6 +1,6 @@
 """``score-s3prl superb TASK`` (``run_superb.sh TASK``): SUPERB ASR, PR and QbE, baseline vs SCORE.
 
-TASK is ``asr``, ``pr``, ``qbe``, ``all`` (the three in turn) or ``demo``.
+TASK is ``asr``, ``pr``, ``qbe``, ``probe``, ``all`` (the four in turn) or ``demo``.
 
 For each upstream (``--upstream NAME[=CKPT]``, repeatable, the first is the baseline; default
 ``hubert_base`` and ``score_hubert=$SCORE_HUBERT_CKPT``) the stock s3prl recipe runs through
@@ -12,7 +12,10 @@ For each upstream (``--upstream NAME[=CKPT]``, repeatable, the first is the base
   -t test``, PER from the hyp/ref files;
 - ``qbe``: no training; ``-m evaluate -d quesst14_dtw -t test -l -1`` (the last layer, as the
   paper), MTWV computed natively from ``benchmark.stdlist.xml`` (and by the official script when
-  the QUESST 2014 root has it); ``--qbe-dev-layers`` adds a dev sweep over layers.
+  the QUESST 2014 root has it); ``--qbe-dev-layers`` adds a dev sweep over layers;
+- ``probe``: no s3prl downstream; ``score-s3prl probe`` on held-out audio (``--probe-audio``, default
+  the LibriSpeech root's dev-clean; ``--probe-utterances``), metric ``view_divergence``: the last
+  layer's view / other-utterance divergence for SCORE's own views (lower is better).
 
 Each task is a :class:`score_s3prl.recipes.Recipe` (``RECIPES``). The runner is split by job:
 this module parses the command line and runs the loop (it appends each score stage's rows to the
@@ -29,8 +32,8 @@ last ``states-*.ckpt``; ``--dry-run``
 prints the commands. Each measurement is appended to the results CSV (``--results``), and a
 summary table (our relative gains beside the paper's) and a bar chart (``--plot``) end the run.
 
-``demo`` needs no data and no weights (:mod:`.demo`): tiny models, bundled audio, the three
-tasks on the CPU in about a minute on 2 cores; its numbers are not SUPERB numbers.
+``demo`` needs no data and no weights (:mod:`.demo`): tiny models, bundled audio, the four
+tasks on the CPU in about 5 minutes on 2 cores; its numbers are not SUPERB numbers.
 """
 
 from __future__ import annotations
@@ -47,13 +50,16 @@ from ..errors import ScoreError
 from ..recipes import RECIPES
 from . import results
 from .checks import check_inputs
-from .demo import DEMO_FINETUNE_STEPS, DEMO_NOTICE, DEMO_STEPS, demo_stages
+from .demo import DEMO_FINETUNE_STEPS, DEMO_NOTICE, DEMO_STEPS, PROBE_AUDIO, demo_stages
 from .lock import run_lock
 from .plan import Planner, main_rows, rows_of
-from .settings import DEFAULT_UPSTREAMS, ENV, LAST_LAYER, Settings, Upstream, parse_upstream
+from .settings import (DEFAULT_UPSTREAMS, ENV, LAST_LAYER, PROBE_SPLIT, PROBE_UTTERANCES, Settings, Upstream,
+                       parse_upstream)
 from .stages import Pipeline, Stage
 
 TASK_CHOICES = (*RECIPES, "all", "demo")
+PROBE_TITLE = ("invariance probe, SCORE's views ('score'): value = view / other-utterance soft-DTW divergence "
+               "per layer; lower is more invariant")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -61,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      description="SUPERB ASR, PR and QbE through stock s3prl, baseline vs SCORE.",
                                      epilog="Environment: " + ", ".join(f"${v} (--{k.replace('_', '-')})"
                                                                        for k, v in ENV.items()))
-    parser.add_argument("task", choices=TASK_CHOICES, help="asr, pr, qbe, all (the three) or demo")
+    parser.add_argument("task", choices=TASK_CHOICES, help="asr, pr, qbe, probe, all (the four) or demo")
     parser.add_argument("--upstream", action="append", metavar="NAME[=CKPT]",
                         help="s3prl upstream, repeatable, the first is the baseline "
                              "(default: hubert_base, score_hubert=$SCORE_HUBERT_CKPT)")
@@ -78,6 +84,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--qbe-layer", type=int, default=LAST_LAYER, help="QbE layer on test (default: -1, the last)")
     parser.add_argument("--qbe-dev-layers", default="", metavar="LAYERS",
                         help="QbE dev sweep over layers, e.g. 0-12 or 3,6,9 (default: none)")
+    parser.add_argument("--probe-audio", type=Path, metavar="DIR",
+                        help=f"probe: held-out audio folder (default: <libri-root>/{PROBE_SPLIT})")
+    parser.add_argument("--probe-utterances", type=int, default=PROBE_UTTERANCES, metavar="N",
+                        help=f"probe: the first N files of the audio, sorted by path (default: {PROBE_UTTERANCES})")
     parser.add_argument("--finetune-steps", type=int, default=DEMO_FINETUNE_STEPS,
                         help=f"demo: SCORE updates of the tiny model (default: {DEMO_FINETUNE_STEPS})")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -88,6 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.workers is not None and args.workers < 0:
         parser.error("--workers must be 0 or more")
+    if args.probe_utterances < 2:
+        parser.error("--probe-utterances must be at least 2 (the probe compares different utterances)")
     return args
 
 
@@ -125,20 +137,23 @@ def settings_from(args: argparse.Namespace) -> Settings:
     csv = (args.results or (out / "superb_results.csv" if demo else Path("results/superb_results.csv")))
     csv = csv.expanduser().resolve()
     if demo:
-        given = [f"--{name.replace('_', '-')}" for name in ("upstream", "libri_root", "quesst_root", "lexicon")
-                 if getattr(args, name)]
+        given = [f"--{name.replace('_', '-')}" for name in ("upstream", "libri_root", "quesst_root", "lexicon",
+                                                             "probe_audio") if getattr(args, name)]
         if given:
             raise ScoreError(f"demo: {', '.join(given)} not taken; the demo builds its own data and models")
+    libri_root = _env_path(args.libri_root, "libri_root")
+    probe_audio = args.probe_audio or (libri_root / PROBE_SPLIT if libri_root else None)
     return Settings(
         tasks=tuple(RECIPES) if args.task in ("all", "demo") else (args.task,),
         upstreams=() if demo else tuple(parse_upstream(u) for u in (args.upstream or DEFAULT_UPSTREAMS)),
         out=out, results=csv, plot=(args.plot or csv.with_name("superb_gains.png")).expanduser().resolve(),
-        libri_root=_env_path(args.libri_root, "libri_root"), quesst_root=_env_path(args.quesst_root, "quesst_root"),
+        libri_root=libri_root, quesst_root=_env_path(args.quesst_root, "quesst_root"),
         lexicon=_env_path(args.lexicon, "lexicon"), device="cpu" if demo else resolve_device(args.device),
         steps=args.steps or (DEMO_STEPS if demo else None), workers=0 if demo and args.workers is None else args.workers,
         qbe_layer=args.qbe_layer, qbe_dev_layers=parse_layers(args.qbe_dev_layers), demo=demo,
         # tiny models gain nothing from more threads, and spinning OpenMP threads slow a shared CPU
         env=(("OMP_NUM_THREADS", "1"),) if demo else (),
+        probe_audio=probe_audio.expanduser().resolve() if probe_audio else None, probe_utterances=args.probe_utterances,
     )  # fmt: skip
 
 
@@ -167,7 +182,7 @@ def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
         for stage in stages:
             pipeline.run(stage)
         settings = dataclasses.replace(
-            settings, libri_root=data / "LibriSpeech", quesst_root=data / "quesst14Database",
+            settings, libri_root=data / "LibriSpeech", quesst_root=data / "quesst14Database", probe_audio=PROBE_AUDIO,
             upstreams=(Upstream("hubert_local", str(base)), Upstream("score_hubert_local", str(export))))
     if not (settings.demo and args.dry_run):  # a demo dry run has not built what it would check
         check_inputs(settings)
@@ -183,6 +198,11 @@ def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
         return 0
     rows = rows_of(planner.score_stages)
     pipeline.say("\n" + results.summary_table(rows))
+    if planner.probe_csvs:
+        from .. import probe
+
+        pipeline.say(f"\n{PROBE_TITLE}\n" + probe.format_table(
+            [r for path in planner.probe_csvs for r in probe.read_csv(path) if r.perturbation == probe.SCORE]))
     if any(r.relative_gain_pct is not None for r in main_rows(rows)):
         results.plot_gains(main_rows(rows), settings.plot)
         pipeline.say(f"gains chart: {settings.plot}")

@@ -2,7 +2,8 @@
 
 Each task's :class:`score_s3prl.recipes.Recipe` names the :class:`Planner` method that builds its
 stages (``plan``): :meth:`Planner.trained` (prepare, train, evaluate the best dev checkpoint,
-score: ASR, PR) or :meth:`Planner.qbe` (evaluate per layer, score MTWV). A score stage returns
+score: ASR, PR), :meth:`Planner.qbe` (evaluate per layer, score MTWV) or :meth:`Planner.probe`
+(``score-s3prl probe`` on held-out audio, score the last layer's view divergence). A score stage returns
 its result rows in its outputs (:func:`scored_rows`); the caller appends them to the results CSV.
 
 The experiment folders are given with ``-p`` (absolute) rather than ``-n``: s3prl stores the
@@ -31,6 +32,7 @@ from .settings import LAST_LAYER, QBE_GROUNDTRUTH, SPLITS, Settings, Upstream
 from .stages import Stage
 
 LAUNCHER = [sys.executable, "-m", "score_s3prl.run_downstream"]  # stock s3prl run_downstream.py, with our recipes
+SCORE_CLI = [sys.executable, "-m", "score_s3prl.cli"]  # `score-s3prl`, whatever is on PATH
 
 
 def override(values: dict[str, Any]) -> list[str]:
@@ -47,6 +49,7 @@ class Planner:
         self.score_stages: list[Stage] = []  # every stage that yields result rows, in order
         self.digests: dict[str | None, str | None] = {}  # upstream checkpoint -> checkpoint_digest
         self._prepare: dict[str, Stage] = {}  # task -> its preparation stage, shared by the upstreams
+        self.probe_csvs: list[Path] = []  # probe.csv of every probe stage, in order
 
     @property
     def prepared(self) -> Path:
@@ -81,7 +84,9 @@ class Planner:
     def data_overrides(self, task: str) -> dict[str, Any]:
         """The ``-o`` keys that point ``task``'s recipe at the data (known before preparation
         runs: a dry run prints them)."""
-        return RECIPES[task].data_overrides(self.data_paths(task))
+        overrides = RECIPES[task].data_overrides
+        assert overrides is not None, f"{task} runs no s3prl downstream"
+        return overrides(self.data_paths(task))
 
     def setting_overrides(self, task: str) -> dict[str, Any]:
         """The ``-o`` keys of the evaluation protocol: paper settings, demo, --steps, --workers."""
@@ -103,10 +108,12 @@ class Planner:
             self.digests[upstream.ckpt] = checkpoint_digest(upstream.ckpt)
         return {"upstream_sha256": self.digests[upstream.ckpt]}
 
-    def row_hash(self, task: str, upstream: Upstream, split: str, layer: int | None) -> str:
-        """json_hash of what defines a measurement (data paths aside)."""
+    def row_hash(self, task: str, upstream: Upstream, split: str, layer: int | None,
+                 extra: dict[str, Any] | None = None) -> str:
+        """json_hash of what defines a measurement (data paths aside); ``extra``: a task's own
+        settings beyond the ``-o`` keys (the probe's utterance count)."""
         return json_hash({"task": task, "upstream": dataclasses.asdict(upstream), "split": split,
-                                    "layer": layer, "settings": self.setting_overrides(task)})
+                          "layer": layer, "settings": self.setting_overrides(task), **(extra or {})})
 
     def stages(self) -> list[Stage]:
         """Every stage of the run, in order: per task, the baseline first."""
@@ -205,6 +212,45 @@ class Planner:
                                   f"MTWV of {stdlist} against {truth} (and the official script if present)")
         return [evaluate, scored]
 
+    def probe(self, task: str, upstream: Upstream, baseline: list[Stage] | None) -> list[Stage]:
+        """The invariance probe (:mod:`score_s3prl.probe`) of one upstream on the held-out audio,
+        then its score: the last layer's value for SCORE's own views (``score``).
+
+        Every upstream is probed by its own ``score-s3prl probe`` run; the views depend only on
+        the seed, the perturbation and the audio, so all upstreams meet the same views.
+        """
+        from ..probe import SCORE  # lazily: importing plan stays light (the probe module loads torch)
+
+        s, spec = self.settings, RECIPES[task]
+        assert s.probe_audio is not None, "checks.check_probe_audio refuses a run without it"
+        split = s.probe_audio.name  # the results' split: the audio folder's name (dev-clean, test-other)
+        run = s.out / task / upstream.label
+        probe_dir = run / split
+        upstream_arg = f"{upstream.name}={upstream.ckpt}" if upstream.ckpt else upstream.name  # probe's NAME[=CKPT]
+        command = [*SCORE_CLI, "probe", "--upstream", upstream_arg, "--audio", str(s.probe_audio),
+                   "--max-utterances", str(s.probe_utterances), "--out", str(probe_dir), "--device", s.device,
+                   "--no-progress"]
+        evaluate = Stage(f"{task}/{upstream.label}/probe-{split}", run, f"probe-{split}",
+                         command=lambda: command, cwd=run, env=self.env, clean=probe_dir,
+                         settings=self.upstream_digest(upstream))
+        csv_path = probe_dir / "probe.csv"
+        self.probe_csvs.append(csv_path)
+
+        def score() -> dict[str, Any]:
+            from ..probe import last_layer_value, read_csv
+
+            rows = read_csv(csv_path)
+            value = last_layer_value(rows, upstream.name, SCORE)
+            config = self.row_hash(task, upstream, split, None, {"utterances": s.probe_utterances})
+            row = self.row(task, spec.metric, upstream, split, value, probe_dir, config, baseline)
+            layers = {r.layer: r.value for r in rows if r.perturbation == SCORE}
+            return scored_rows([row], {"perturbation": SCORE, "value_per_layer": layers})
+
+        scored = self.score_stage(f"{task}/{upstream.label}/score-{split}", run, f"score-{split}", score,
+                                  (evaluate, *(baseline or ())),
+                                  f"last layer's view divergence for the {SCORE!r} views from {csv_path}")
+        return [evaluate, scored]
+
     def score_stage(self, name: str, folder: Path, stem: str, action, deps, describe: str) -> Stage:
         stage = Stage(name, folder, stem, action=action, deps=tuple(deps), describe=describe,
                       settings={"results": str(self.settings.results)})
@@ -268,6 +314,8 @@ def main_rows(rows: Sequence[results.ResultRow]) -> list[results.ResultRow]:
     """The rows the gains chart shows: each task's own metric on its test split."""
     def main(row: results.ResultRow) -> bool:
         spec = RECIPES[row.task]
+        if spec.test_split is None:  # the split is the measured data's name (the probe)
+            return row.metric == spec.metric
         test = row.split == spec.test_split or row.split.startswith(f"{spec.test_split}-layer")
         return row.metric == spec.metric and test
 

@@ -34,6 +34,7 @@ from ..recipes import RECIPES, DataPaths
 def _prepared(task: str, paths: DataPaths) -> str:
     """Run ``task``'s preparation and return its ``-o`` string (both from :data:`RECIPES`)."""
     recipe = RECIPES[task]
+    assert recipe.data_overrides is not None, f"{task} runs no s3prl downstream"
     if recipe.prepare is not None:
         recipe.prepare(paths)
     return override(recipe.data_overrides(paths))

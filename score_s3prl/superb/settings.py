@@ -15,12 +15,15 @@ from ..errors import ScoreError
 LAST_LAYER = -1  # QbE layer the SCORE paper evaluated
 ENV = {"libri_root": "LIBRISPEECH_ROOT", "quesst_root": "QUESST14_ROOT", "lexicon": "LIBRISPEECH_LEXICON"}
 DEFAULT_UPSTREAMS = ("hubert_base", "score_hubert")  # score_hubert: -k from $SCORE_HUBERT_CKPT
+PROBE_SPLIT = "dev-clean"  # the probe's held-out audio under the LibriSpeech root (not trained on, not tested)
+PROBE_UTTERANCES = 100  # utterances the probe measures by default
 
 # QbE: s3prl's -t dev reads the dev queries, any other split the eval queries
 QBE_GROUNDTRUTH = {"dev": "groundtruth_quesst14_dev", "test": "groundtruth_quesst14_eval"}
 QBE_LANGUAGE_KEY = {"dev": "dev", "test": "eval"}
 
-__all__ = ["SPLITS", "LAST_LAYER", "ENV", "DEFAULT_UPSTREAMS", "QBE_GROUNDTRUTH", "QBE_LANGUAGE_KEY",
+__all__ = ["SPLITS", "LAST_LAYER", "ENV", "DEFAULT_UPSTREAMS", "PROBE_SPLIT", "PROBE_UTTERANCES",
+           "QBE_GROUNDTRUTH", "QBE_LANGUAGE_KEY",
            "Upstream", "parse_upstream", "Settings", "qbe_splits"]
 
 
@@ -78,6 +81,8 @@ class Settings:
     qbe_dev_layers: tuple[int, ...]  # -l of the QbE dev sweep
     demo: bool = False
     env: tuple[tuple[str, str], ...] = ()  # extra environment of every command
+    probe_audio: Path | None = None  # held-out audio of the probe task (None: not given)
+    probe_utterances: int = PROBE_UTTERANCES  # the probe's first N files of probe_audio
 
 
 def qbe_splits(settings: Settings) -> list[str]:
