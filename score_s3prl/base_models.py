@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import REQUIRED_KEYS, build_base, is_wavlm_state
+from .checkpoint import REQUIRED_KEYS, build_base, is_wavlm_state, rename_weights
 from .errors import ScoreError
 from .hashing import file_sha256
 from .safeload import CheckpointError, load_checkpoint, load_fairseq_checkpoint, plain, resolve_interpolations
@@ -160,30 +159,9 @@ def convert_fairseq_state(state: dict[str, Any], source: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- transformers
 
-# transformers HubertModel parameter names -> s3prl HubertModel names. The group-norm CNN
-# ("group", HuBERT Base) has one norm, in block 0; the layer-norm CNN ("layer") one per block.
-_HF_RULES = [
-    (r"masked_spec_embed", r"mask_emb"),
-    (r"feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
-    (r"feature_projection\.layer_norm\.", r"layer_norm."),
-    (r"feature_projection\.projection\.", r"post_extract_proj."),
-    (r"encoder\.pos_conv_embed\.conv\.bias", r"encoder.pos_conv.0.bias"),
-    # weight norm: old-style weight_g/weight_v or torch parametrizations original0/original1
-    (r"encoder\.pos_conv_embed\.conv\.(weight_g|parametrizations\.weight\.original0)",
-     r"encoder.pos_conv.0.weight_g"),
-    (r"encoder\.pos_conv_embed\.conv\.(weight_v|parametrizations\.weight\.original1)",
-     r"encoder.pos_conv.0.weight_v"),
-    (r"encoder\.layer_norm\.", r"encoder.layer_norm."),
-    (r"encoder\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
-    (r"encoder\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
-    (r"encoder\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
-    (r"encoder\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
-    (r"encoder\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_layer_norm."),
-]
-_HF_CNN_NORM = {
-    "group": (r"feature_extractor\.conv_layers\.0\.layer_norm\.", r"feature_extractor.conv_layers.0.2."),
-    "layer": (r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.", r"feature_extractor.conv_layers.\1.2.1."),
-}
+# transformers names -> s3prl names are export's rules read backwards (score_s3prl.export), for
+# HuBERT and WavLM alike; transformers' CNN norm name -> s3prl's extractor mode.
+_HF_EXTRACTOR_MODE = {"group": "default", "layer": "layer_norm"}
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -202,16 +180,11 @@ def convert_hf_dir(directory: Path) -> dict[str, Any]:
         return convert_hf_wavlm_dir(directory)
     config = _hf_config(directory)
     model_cfg, task_cfg = _hf_to_s3prl_config(config, _read_json(directory / "preprocessor_config.json", {}), directory)
-    rules = [*_HF_RULES, _HF_CNN_NORM[config.feat_extract_norm]]
-    weights = {}
-    for name, tensor in _hf_base_weights(directory).items():
-        for pattern, replacement in rules:
-            new_name, hits = re.subn(f"^{pattern}", replacement, name)
-            if hits:
-                weights[new_name] = tensor
-                break
-        else:
-            raise ScoreError(f"{directory}: weight {name} has no counterpart in s3prl's HubertModel")
+    from .export import hf_to_s3prl_rules
+
+    rules = hf_to_s3prl_rules(_HF_EXTRACTOR_MODE[config.feat_extract_norm])
+    weights = rename_weights(_parametrization_names(_hf_base_weights(directory)), rules,
+                             lambda name: f"{directory}: weight {name} has no counterpart in s3prl's HubertModel")
     template = HubertModel(HubertConfig(**model_cfg), HubertPretrainingConfig(**task_cfg), [])
     for name, value in template.state_dict().items():
         weights.setdefault(name, torch.zeros_like(value))
@@ -234,18 +207,16 @@ def convert_hf_wavlm_dir(directory: Path) -> dict[str, Any]:
     cfg.update(normalize=task_cfg["normalize"], relative_position_embedding=True, gru_rel_pos=True,
                num_buckets=config.num_buckets, max_distance=config.max_bucket_distance)
     inverse = hf_to_s3prl_rules(cfg["extractor_mode"])
-    weights = {}
-    for name, tensor in _hf_base_weights(directory, prefix="wavlm.").items():
-        name = name.replace("weight_g", "parametrizations.weight.original0").replace(
-            "weight_v", "parametrizations.weight.original1")
-        for source, target in inverse:
-            new_name, hits = re.subn(f"^{source}", target, name)
-            if hits:
-                weights[new_name] = tensor
-                break
-        else:
-            raise ScoreError(f"{directory}: weight {name} has no counterpart in s3prl's WavLM")
+    weights = rename_weights(_parametrization_names(_hf_base_weights(directory, prefix="wavlm.")), inverse,
+                             lambda name: f"{directory}: weight {name} has no counterpart in s3prl's WavLM")
     return {"cfg": cfg, "model": weights}
+
+
+def _parametrization_names(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Old-style weight-norm names (``weight_g``, ``weight_v``, older transformers) as the
+    parametrization names (``parametrizations.weight.original0/1``) the renaming rules read."""
+    return {name.replace("weight_g", "parametrizations.weight.original0").replace(
+        "weight_v", "parametrizations.weight.original1"): tensor for name, tensor in weights.items()}
 
 
 def _hf_config(directory: Path):

@@ -13,7 +13,8 @@ a dict::
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -278,3 +279,25 @@ def tiny_wavlm_state(seed: int = 0, layers: int = 4, dim: int = 32, heads: int =
         torch.manual_seed(seed)
         model = WavLM(WavLMConfig(cfg))
     return {"cfg": cfg, "model": model.state_dict()}
+
+
+def rename_weights(weights: dict[str, torch.Tensor], rules: Sequence[tuple[str, str]],
+                   unmatched: Callable[[str], str]) -> dict[str, torch.Tensor]:
+    """Each weight renamed by the first rule whose regex ``pattern`` matches the start of its name.
+
+    Args:
+        rules: (pattern, replacement) pairs for ``re.subn`` (``\\1`` refers to a group).
+        unmatched: the error message for a name no rule matches.
+    Raises:
+        ScoreError: ``unmatched(name)`` for the first weight no rule renames.
+    """
+    renamed = {}
+    for name, tensor in weights.items():
+        for pattern, replacement in rules:
+            new_name, hits = re.subn(f"^{pattern}", replacement, name)
+            if hits:
+                renamed[new_name] = tensor
+                break
+        else:
+            raise ScoreError(unmatched(name))
+    return renamed

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import base_architecture, build_base
+from .checkpoint import base_architecture, build_base, rename_weights
 from .errors import ScoreError
 
 # s3prl (fairseq) names -> transformers names, shared by HuBERT and WavLM. The CNN norm rule
@@ -120,19 +120,9 @@ def hf_config(state: dict[str, Any]):
 def hf_weights(state: dict[str, Any], mode: str) -> dict[str, torch.Tensor]:
     """The checkpoint's weights under transformers' names (pre-training-only ones dropped)."""
     weights = state["model"] if base_architecture(state) == "wavlm" else state["model_weight"]
-    rules = [_CNN_NORM[mode], *_RULES]
-    renamed = {}
-    for name, tensor in weights.items():
-        if name.startswith(_PRETRAINING_ONLY):
-            continue
-        for pattern, replacement in rules:
-            new_name, hits = re.subn(f"^{pattern}", replacement, name)
-            if hits:
-                renamed[new_name] = tensor
-                break
-        else:
-            raise ScoreError(f"checkpoint: weight {name} has no transformers counterpart")
-    return renamed
+    kept = {name: tensor for name, tensor in weights.items() if not name.startswith(_PRETRAINING_ONLY)}
+    return rename_weights(kept, [_CNN_NORM[mode], *_RULES],
+                          lambda name: f"checkpoint: weight {name} has no transformers counterpart")
 
 
 def export_hf(ckpt: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

@@ -4,6 +4,7 @@ scorer's output."""
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,14 +74,18 @@ def stdlist_xml(terms):
     )
 
 
-@pytest.fixture
-def groundtruth(tmp_path):
-    directory = tmp_path / "groundtruth_test"
+def write_groundtruth(directory: Path) -> Path:
+    """The hand-built QUESST ground truth above (ecf, tlist, rttm) in a new ``directory``."""
     directory.mkdir()
     (directory / "t.ecf.xml").write_text(ECF)
     (directory / "t.tlist.xml").write_text(TLIST)
     (directory / "t.rttm").write_text(RTTM)
     return directory
+
+
+@pytest.fixture
+def groundtruth(tmp_path):
+    return write_groundtruth(tmp_path / "groundtruth_test")
 
 
 @pytest.fixture

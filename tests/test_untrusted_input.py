@@ -333,14 +333,9 @@ def test_other_urls_are_refused_by_name(url, problem, tmp_path, monkeypatch):
 
 
 def _groundtruth(tmp_path: Path) -> Path:
-    from test_mtwv import ECF, RTTM, TLIST
+    from test_mtwv import write_groundtruth
 
-    directory = tmp_path / "gt"
-    directory.mkdir()
-    (directory / "t.ecf.xml").write_text(ECF)
-    (directory / "t.tlist.xml").write_text(TLIST)
-    (directory / "t.rttm").write_text(RTTM)
-    return directory
+    return write_groundtruth(tmp_path / "gt")
 
 
 def test_qbe_stdlist_of_another_set_is_an_error(tmp_path, capsys):
