@@ -460,15 +460,21 @@ def train(cfg: TrainConfig) -> Path:
     """Run (or resume) SCORE / LASER fine-tuning as ``cfg`` says; returns the export's path."""
     run = setup(cfg)
     stopped = 0  # the signal that stopped the run, agreed by all ranks (0: none)
-    with StopRequest() as stop:
-        while run.position.update < cfg.optim.total_updates:
-            stopped = signal_on_any_rank(stop.signal, run.ranks)  # every rank stops at the same update
-            if stopped:
-                break
-            result = update_step(run)
-            if result is not None:
-                log_and_save(run, *result)
-    run.bar.close()
+    try:
+        with StopRequest() as stop:
+            while run.position.update < cfg.optim.total_updates:
+                stopped = signal_on_any_rank(stop.signal, run.ranks)  # every rank stops at the same update
+                if stopped:
+                    break
+                result = update_step(run)
+                if result is not None:
+                    log_and_save(run, *result)
+    except BaseException:
+        if run.writer is not None:  # its writer thread must not be left to interpreter shutdown
+            run.writer.close()
+        raise
+    finally:
+        run.bar.close()
     return finish(run, stopped)
 
 
