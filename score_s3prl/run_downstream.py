@@ -69,9 +69,22 @@ def main(argv: list[str] | None = None) -> int:
         recipes.prepare_config(args, config)
         return args, config, backup_files
 
+    # s3prl's runner leaves its TensorBoard writers open when a run fails; their worker thread
+    # is then stopped at interpreter exit, which Python 3.12 refuses with a traceback. Track them
+    # and close them however the run ends (closing twice does nothing).
+    from s3prl.downstream import runner as stock_runner
+
+    writers: list = []
+    writer_class = stock_runner.SummaryWriter
+
+    def tracked_writer(*args, **kwargs):
+        writers.append(writer_class(*args, **kwargs))
+        return writers[-1]
+
     saved_argv = sys.argv
     sys.argv = [stock.__file__, *recipes.with_default_config(argv)]
     stock.get_downstream_args = get_downstream_args
+    stock_runner.SummaryWriter = tracked_writer
     try:
         # s3prl loads -e/-i states and some upstream checkpoints with a bare torch.load:
         # weights only, and a refused file is one error line (score_s3prl.safeload)
@@ -85,4 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sys.argv = saved_argv
         stock.get_downstream_args = stock_args
+        stock_runner.SummaryWriter = writer_class
+        for writer in writers:
+            writer.close()
     return 0
