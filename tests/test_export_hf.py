@@ -31,6 +31,7 @@ def s3prl_hidden_states(entry: str, ckpt, wav: torch.Tensor) -> list[torch.Tenso
         return upstream([wav])["hidden_states"]
 
 
+@pytest.mark.slow  # transformers and s3prl models on real speech
 @pytest.mark.parametrize("arch", ["hubert", "wavlm"])
 def test_hf_export_has_the_s3prl_upstreams_hidden_states(arch, tiny_ckpt, tiny_wavlm_ckpt, assets_dir, tmp_path,
                                                          speech):

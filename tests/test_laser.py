@@ -110,6 +110,7 @@ def official_laser_trainable(names: list[str], upstream: str) -> set[str]:
 UNUSED = {"mask_emb", "label_embs_concat"}
 
 
+@pytest.mark.slow  # builds the real-size HuBERT Base
 def test_laser_freezing_maps_the_official_index_rule_on_real_hubert_base(tmp_path):
     """On HuBERT Base's real parameter order (random weights, built as s3prl's hubert_local
     builds it) the official index rule trains exactly what ScoreModel(method="laser") trains."""
@@ -132,6 +133,7 @@ def test_laser_freezing_maps_the_official_index_rule_on_real_hubert_base(tmp_pat
     assert {name.split(".")[2] for name in ours if name.startswith("encoder.layers.")} == {"10", "11"}
 
 
+@pytest.mark.slow  # builds the real-size WavLM Base
 def test_official_wavlm_rule_trains_the_top_two_layers_and_encoder_norm():
     """The same mapping on WavLM Base's real parameter order (248 parameters: layer 1 holds the
     relative position bias, every layer a gated-relative-position pair); its bias stays frozen."""

@@ -134,6 +134,7 @@ def test_same_seed_same_weights(tiny_ckpt, assets_dir, tmp_path):
      "optim.warmup": "shifted"},
     {"model.dropout": "official", "method": "laser"},
 ])
+@pytest.mark.slow  # three short training runs each
 def test_interrupted_run_resumes_bit_exactly(tiny_ckpt, assets_dir, tmp_path, monkeypatch, settings):
     """An update that dies half-way (after the state of update 3 was saved) and a resume give
     the weights of an uninterrupted run, with dropout in the teacher and frozen layers on or off."""

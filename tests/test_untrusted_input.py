@@ -140,6 +140,7 @@ def test_init_runs_no_code(crafted):
     _refused(str(error.value), path)
 
 
+@pytest.mark.slow  # a subprocess per crafted file
 def test_finetune_init_cli_runs_no_code(tmp_path, assets_dir):
     marker, path = tmp_path / "marker", tmp_path / "evil.pt"
     _write_fairseq_layout(path, marker, _DottedSystem)
