@@ -56,6 +56,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .audio import SAMPLE_RATE, load_audio
+from .corpora import AUDIO_SUFFIXES, list_audio
 from .errors import ScoreError
 from .fileio import atomic_open, atomic_write_text
 
@@ -70,7 +71,6 @@ MAX_CELLS = 1 << 24
 PERTURB_CHUNK = 8
 # Shorter files are refused: a speed-up must still leave the upstream a few frames.
 MIN_SECONDS = 0.5
-AUDIO_SUFFIXES = (".flac", ".wav")
 SCORE = "score"  # the perturbation name of SCORE's own view distribution
 
 Upstream = Callable[[list[torch.Tensor]], dict]  # s3prl contract: list of (T,) -> {"hidden_states": [...]}
@@ -346,9 +346,9 @@ def find_audio(folder: str | os.PathLike, max_utterances: int | None = None) -> 
     root = Path(folder)
     if not root.is_dir():
         raise ScoreError(f"{root}: audio folder not found")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    files = list_audio(root)  # the project's one scanner (corpora), sorted by path
     if not files:
-        raise ScoreError(f"{root}: no audio files (.flac, .wav) found")
+        raise ScoreError(f"{root}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found")
     if max_utterances is not None:
         if max_utterances < 2:
             raise ScoreError(f"--max-utterances must be at least 2, got {max_utterances}")
