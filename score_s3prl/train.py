@@ -46,6 +46,7 @@ from .fileio import atomic_open, atomic_torch_save, remove_stale_temps
 
 SAMPLE_RATE = 16000
 STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.csv"
 EXPORT_FILE = "score_hubert.pt"
 EXPORT_FILES = {"hubert": EXPORT_FILE, "wavlm": "score_wavlm.pt"}  # by base architecture
 LOG_FIELDS = ("update", "loss", "lr", "grad_norm", "audio_hours", "skipped_files", "seconds")
@@ -378,7 +379,7 @@ class Run:
 
     @property
     def log_path(self) -> Path:
-        return self.out / "train_log.csv"
+        return self.out / LOG_FILE
 
 
 def make_optimizer(params: list, o) -> torch.optim.Optimizer:
@@ -439,7 +440,7 @@ def setup(cfg: TrainConfig) -> Run:
     if state_path.exists():
         position = load_state(state_path, model, optimizer, scheduler, cfg, base_sha256(base_identity))
         if ranks.main:  # the log is rank 0's file
-            append_log(out / "train_log.csv", [], keep_upto=position.update)
+            append_log(out / LOG_FILE, [], keep_upto=position.update)
             print(f"resuming {out} at update {position.update}", file=sys.stderr)
     if ranks.main:
         print(trainable_summary(model), file=sys.stderr)
