@@ -49,6 +49,11 @@ def read_converted(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's message: a ScoreError stays one line."""
+    return (str(exc).splitlines() or [""])[0]
+
+
 def build_hubert(state: dict[str, Any], source: str = "<checkpoint>"):
     """Build s3prl's ``HubertModel`` from a converted checkpoint dict and load its weights.
 
@@ -72,8 +77,7 @@ def build_hubert(state: dict[str, Any], source: str = "<checkpoint>"):
         model_cfg = merge_with_parent(HubertConfig, dict(state["model_cfg"]))
         model = HubertModel(model_cfg, task_cfg, state["dictionaries_symbols"])
     except Exception as exc:  # a crafted config surfaces as TypeError, ValueError, AssertionError, ...
-        first = (str(exc).splitlines() or [""])[0]
-        raise ScoreError(f"{source}: not a HuBERT model config ({type(exc).__name__}: {first})") from exc
+        raise ScoreError(f"{source}: not a HuBERT model config ({type(exc).__name__}: {_first_line(exc)})") from exc
     check_state_dict(model, state["model_weight"], source)
     model.load_state_dict(state["model_weight"])
     return model.eval(), task_cfg
@@ -216,7 +220,7 @@ def build_wavlm(state: dict[str, Any], source: str = "<checkpoint>"):
         cfg = WavLMConfig(dict(state["cfg"]))
         model = WavLM(cfg)
     except Exception as exc:  # bad config values surface as TypeError, AssertionError, ...
-        raise ScoreError(f"{source}: not a WavLM model config ({type(exc).__name__}: {exc})") from exc
+        raise ScoreError(f"{source}: not a WavLM model config ({type(exc).__name__}: {_first_line(exc)})") from exc
     check_state_dict(model, state["model"], source)
     model.load_state_dict(state["model"])
     return model.eval(), bool(cfg.normalize)
