@@ -51,7 +51,7 @@ from ..recipes import RECIPES
 from . import results
 from .checks import check_inputs
 from .demo import DEMO_FINETUNE_STEPS, DEMO_NOTICE, DEMO_STEPS, PROBE_AUDIO, demo_stages
-from .lock import run_lock
+from ..runlock import run_lock
 from .plan import Planner, main_rows, rows_of
 from .settings import (DEFAULT_UPSTREAMS, ENV, LAST_LAYER, PROBE_SPLIT, PROBE_UTTERANCES, Settings, Upstream,
                        parse_upstream)
