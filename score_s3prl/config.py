@@ -129,7 +129,22 @@ class TrainConfig:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading ``1e-5`` / ``3E4`` (no dot) as floats, as YAML 1.2 does."""
+    """PyYAML's safe loader, reading ``1e-5`` / ``3E4`` (no dot) as floats, as YAML 1.2 does,
+    and refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # a merge (<<) may be overridden; a complex key is PyYAML's to refuse
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} on line {line} (first on line {seen[key]})",
+                    key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.add_implicit_resolver(

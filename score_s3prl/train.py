@@ -13,12 +13,15 @@ between their projected last-layer frames (LASER: plus its temporal regulariser)
                        (score_wavlm.pt for a WavLM base: the format ``wavlm_local`` reads)
 
 Re-running with the same ``out`` resumes from ``train_state.pt``. SIGINT/SIGTERM save the
-state at the next update boundary before exiting, so a pre-empted job loses nothing.
+state at the next update boundary before exiting, so a pre-empted job loses nothing. One run
+holds ``out`` at a time (:mod:`score_s3prl.runlock`), and a base model (``init``) that is one of
+the files the run writes is refused before any work.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import math
@@ -43,6 +46,7 @@ from .checkpoint import write_converted
 from .config import TrainConfig, config_dict, config_hash, load_config
 from .errors import ArgumentParser, ScoreError
 from .fileio import atomic_open, atomic_torch_save, remove_stale_temps
+from .runlock import run_lock
 
 SAMPLE_RATE = 16000
 STATE_FILE = "train_state.pt"
@@ -149,6 +153,22 @@ def check_min_seconds(cfg: TrainConfig, hubert) -> None:
             f"{shortest}-sample utterance sped up x{fastest:g} has {math.ceil(shortest / fastest)} samples "
             f"and the CNN needs {need}; set data.min_seconds >= {math.ceil(enough * 1000) / 1000:g}"
         )
+
+
+def check_init_is_not_written(cfg: TrainConfig) -> None:
+    """Refuse an ``init`` that resolves to a file (or into a folder) this run writes: the export
+    would replace its own base, and the resume check would then refuse the run for good."""
+    if not cfg.init or cfg.init in ("hubert_base", "wavlm_base"):
+        return
+    out = Path(cfg.out)
+    written = [out / name for name in (STATE_FILE, LOG_FILE, "loss.png", *EXPORT_FILES.values())]
+    folders = [out / "tensorboard", Path(cfg.data.cache_dir or out / "cache")]
+    init = Path(cfg.init).resolve()
+    hit = next((p for p in written if p.resolve() == init), None)
+    hit = hit or next((f for f in folders if init.is_relative_to(f.resolve())), None)
+    if hit is not None:
+        raise ScoreError(f"init {cfg.init}: this run writes {hit} (out {cfg.out}), so it would overwrite its "
+                         "own base model; copy the base elsewhere or use another --out")
 
 
 def load_utterances(cfg: TrainConfig, out: Path):
@@ -458,7 +478,19 @@ def setup(cfg: TrainConfig) -> Run:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) SCORE / LASER fine-tuning as ``cfg`` says; returns the export's path."""
+    """Run (or resume) SCORE / LASER fine-tuning as ``cfg`` says; returns the export's path.
+
+    Raises:
+        ScoreError: ``init`` is a file this run writes, or another live run holds ``cfg.out``
+            (its PID and command line named); both before any work.
+    """
+    check_init_is_not_written(cfg)
+    # rank 0 holds the lock for the whole job (the ranks of one torchrun share the folder)
+    with run_lock(Path(cfg.out)) if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext():
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> Path:
     run = setup(cfg)
     stopped = 0  # the signal that stopped the run, agreed by all ranks (0: none)
     try:
