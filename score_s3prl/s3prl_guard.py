@@ -260,7 +260,7 @@ def check_saved_args(path: str | os.PathLike, state: Mapping[str, Any], user: Ma
         if key not in user and value is not None and (not isinstance(value, str) or _is_url(value)):
             raise _refuse(source, f"Args.{key}", value,
                           f"None or a local path; to fetch a URL pass it yourself: -o \"args.{key}='URL'\"")
-    check_args(saved, source)
+    check_args(saved, source, prefix="Args")
     config = state.get("Config")
     if not isinstance(config, dict):
         raise RefusedValue(f"{source}: Config = {_shown(type(config).__name__)}: refused for safety, nothing "
@@ -311,43 +311,43 @@ def _typed(source: str, key: str, value: Any, kinds: tuple[type, ...], allowed: 
         raise _refuse(source, key, value, allowed)
 
 
-def check_args(args: argparse.Namespace, source: str) -> None:
+def check_args(args: argparse.Namespace, source: str, prefix: str = "args") -> None:
     """Every argument s3prl will act on, against its allow-list (see the module's table).
 
     Raises:
-        RefusedValue: naming ``source``, the argument and its value.
+        RefusedValue: naming ``source``, the argument (``prefix.NAME``) and its value.
     """
     a = vars(args)
     for key in a:
         if key not in ARGS:
-            raise _refuse(source, f"args.{key}", a[key], "the arguments of s3prl's run_downstream.py")
-    _one_of(source, "args.downstream", a.get("downstream"), downstreams())
+            raise _refuse(source, f"{prefix}.{key}", a[key], "the arguments of s3prl's run_downstream.py")
+    _one_of(source, f"{prefix}.downstream", a.get("downstream"), downstreams())
     if "mode" in a:
-        _one_of(source, "args.mode", a["mode"], MODES)
-    _one_of(source, "args.hub", a.get("hub", "torch"), ("torch",))
-    _one_of(source, "args.upstream", a.get("upstream"), hub_names())
+        _one_of(source, f"{prefix}.mode", a["mode"], MODES)
+    _one_of(source, f"{prefix}.hub", a.get("hub", "torch"), ("torch",))
+    _one_of(source, f"{prefix}.upstream", a.get("upstream"), hub_names())
     if a.get("push_to_hf_hub") not in (False, None):
-        raise _refuse(source, "args.push_to_hf_hub", a["push_to_hf_hub"], "False")
+        raise _refuse(source, f"{prefix}.push_to_hf_hub", a["push_to_hf_hub"], "False")
     seed = a.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
-        raise _refuse(source, "args.seed", seed, f"an integer in [0, 2**32)")
+        raise _refuse(source, f"{prefix}.seed", seed, "an integer in [0, 2**32)")
     for key in FLAGS:
-        _typed(source, f"args.{key}", a.get(key, False), (bool,), "True or False")
-    _typed(source, "args.upstream_layer_selection", a.get("upstream_layer_selection"), (int, type(None)),
+        _typed(source, f"{prefix}.{key}", a.get(key, False), (bool,), "True or False")
+    _typed(source, f"{prefix}.upstream_layer_selection", a.get("upstream_layer_selection"), (int, type(None)),
            "None or an integer")
     feature = a.get("upstream_feature_selection", "hidden_states")
     if not isinstance(feature, str) or not NAME.fullmatch(feature):
-        raise _refuse(source, "args.upstream_feature_selection", feature, "a feature name")
+        raise _refuse(source, f"{prefix}.upstream_feature_selection", feature, "a feature name")
     split = a.get("evaluate_split", "test")
     if not isinstance(split, str) or not SPLIT_NAME.fullmatch(split):
-        raise _refuse(source, "args.evaluate_split", split, "a split name of letters, digits, '_' and '-'")
+        raise _refuse(source, f"{prefix}.evaluate_split", split, "a split name of letters, digits, '_' and '-'")
     for key in ("expdir", "config", "upstream_ckpt", "upstream_model_config", "cache_dir", "init_ckpt",
                 "past_exp", "expname", "upstream_model_name", "upstream_revision", "hf_hub_org",
                 "downstream_variant", "override", "backend", "device"):
-        _typed(source, f"args.{key}", a.get(key), (str, type(None)), "None or a string")
+        _typed(source, f"{prefix}.{key}", a.get(key), (str, type(None)), "None or a string")
     for key in ("expdir", "cache_dir"):
         if isinstance(a.get(key), str) and (not a[key] or _is_url(a[key]) or "\0" in a[key]):
-            raise _refuse(source, f"args.{key}", a[key], "a local folder")
+            raise _refuse(source, f"{prefix}.{key}", a[key], "a local folder")
 
 
 def _split_lists(block: Mapping[str, Any], source: str, where: str, keys: Sequence[str]) -> None:

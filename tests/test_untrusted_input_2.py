@@ -1,0 +1,457 @@
+"""Untrusted input, second round (issue 19): for each kind, a crafted input of our own making
+runs nothing (a marker file stays absent), leaks nothing (an environment value stays out of
+every output) and loses nothing; each refusal is one line with exit 2.
+
+Sections follow the issue: (1) code from plain data: the values stock s3prl eval()s or uses as
+names, places and downloads; (2) stock loaders; (3) secrets through interpolation; (4) two
+writers, one run folder; (5) the input destroyed by the output; (6) the smaller ones; then a
+seeded fuzz over the commands' inputs (files, config values, signals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import yaml
+from test_untrusted_input import TINY_CONFIG, run_cli, tiny_config
+
+from score_s3prl import recipes, s3prl_guard
+from score_s3prl.config import load_config
+from score_s3prl.errors import ScoreError
+from score_s3prl.runlock import run_lock
+from score_s3prl.train import EXPORT_FILE, LOG_FILE, STATE_FILE, train
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET_NAME, SECRET = "SCORE_TEST_SECRET_TOKEN", "hf_s3cr3t_do_not_print_7d1c"
+
+
+def system(marker: Path) -> str:
+    """A Python expression that creates ``marker`` when evaluated (and reads the secret)."""
+    return f"__import__('os').system('touch {marker}') or __import__('os').environ.get('{SECRET_NAME}')"
+
+
+def no_trace(marker: Path, *texts: str, folder: Path | None = None) -> None:
+    """Nothing ran (no marker) and nothing leaked (the secret in no text, nor in any file)."""
+    assert not marker.exists(), "the crafted input ran code"
+    for text in texts:
+        assert SECRET not in text
+    for path in (folder.rglob("*") if folder else ()):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+@pytest.fixture
+def secret_env(monkeypatch):
+    monkeypatch.setenv(SECRET_NAME, SECRET)
+
+
+# ============================================================== 1. code from plain data
+
+
+def stock_state(tmp_path: Path, downstream: str, ckpt: str = "/absent/upstream.pt") -> dict:
+    """What s3prl's own runner saves in ``states-*.ckpt`` for a fresh run of ``downstream``
+    (its parser's args, our recipe's config), written into ``tmp_path/exp``: plain data that
+    passes weights_only."""
+    from s3prl import run_downstream as stock
+
+    from score_s3prl import compat, hub
+
+    compat.apply()
+    hub.register()
+    exp = tmp_path / "exp"
+    argv = sys.argv
+    sys.argv = ["run_downstream.py", "-m", "train", "-u", "score_hubert_local", "-k", ckpt, "-d", downstream,
+                "-p", str(exp), "-c", str(recipes.config_path(downstream)), "--device", "cpu"]
+    try:
+        args, config, _ = stock.get_downstream_args()
+    finally:
+        sys.argv = argv
+    return {"Args": args, "Config": config, "Step": 2, "Epoch": 0, "Downstream": {}}
+
+
+def write_state(tmp_path: Path, state: dict, name: str = "dev-best.ckpt") -> Path:
+    path = tmp_path / "exp" / name
+    path.parent.mkdir(exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def set_key(config: dict, dotted: str, value) -> None:
+    *sections, last = dotted.split(".")
+    for name in sections:
+        config = config.setdefault(name, {})
+    config[last] = value
+
+
+# (downstream, config key, the stock code that eval()s it, as (module, expression template))
+EVAL_SITES = {
+    "ctc-select": ("ctc", "downstream_expert.model.select", "s3prl.downstream.ctc.expert", "{}"),
+    "ctc-metric": ("ctc", "downstream_expert.metric", "s3prl.downstream.ctc.expert", "{}"),
+    "asr-select": ("asr", "downstream_expert.modelrc.select", "s3prl.downstream.asr.expert", "{}"),
+    "asr-unk-weight": ("asr", "downstream_expert.datarc.decoder_args", "s3prl.downstream.asr.expert", "{}"),
+    "optimizer": ("asr", "optimizer.name", "s3prl.optimizers", "get_{}"),
+    "scheduler": ("ctc", "scheduler.name", "s3prl.schedulers", "get_{}"),
+}
+
+
+def crafted_value(site: str, marker: Path):
+    payload = system(marker)
+    if site == "ctc-metric":
+        return [payload]
+    if site == "asr-unk-weight":  # the kenlm decoder eval()s unk_weight
+        return {"decoder_type": "kenlm", "unk_weight": payload}
+    if site in ("optimizer", "scheduler"):  # eval(f"get_{name}"): the name continues the expression
+        return f"TorchOptim if ({payload}) else 0"
+    return payload
+
+
+@pytest.mark.parametrize("site", EVAL_SITES)
+def test_the_crafted_values_are_code_for_stock_s3prl(site, tmp_path, secret_env):
+    # the control: each crafted value, evaluated where stock s3prl evaluates it, runs
+    import importlib
+
+    _, _, module, template = EVAL_SITES[site]
+    marker = tmp_path / "marker"
+    value = crafted_value(site, marker)
+    text = value[0] if isinstance(value, list) else value["unk_weight"] if isinstance(value, dict) else value
+    namespace = dict(vars(importlib.import_module(module)))
+    try:
+        eval(template.format(text), namespace)  # noqa: S307 - the point of the test
+    except Exception:
+        pass
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("site", EVAL_SITES)
+def test_downstream_checkpoint_config_runs_nothing(site, tmp_path, capsys, secret_env, monkeypatch):
+    downstream, key, _, _ = EVAL_SITES[site]
+    marker = tmp_path / "marker"
+    state = stock_state(tmp_path, downstream)
+    set_key(state["Config"], key, crafted_value(site, marker))
+    path = write_state(tmp_path, state)
+    monkeypatch.chdir(tmp_path)
+    code, line = run_cli(capsys, "downstream", "-m", "evaluate", "-e", str(path), "--device", "cpu")
+    assert code == 2
+    assert line.startswith(f"error: {path}: config.{key}") and "refused for safety, nothing was run" in line, line
+    no_trace(marker, line, folder=tmp_path)
+
+
+SAVED_ARGS = {
+    "expdir": lambda tmp: str(tmp / "elsewhere"),
+    "cache_dir": lambda tmp: str(tmp / "cache"),
+    "upstream_ckpt": lambda tmp: "https://attacker.example/model.pt",
+    "upstream_model_config": lambda tmp: "file:///etc/passwd",
+    "hub": lambda tmp: "huggingface",
+    "push_to_hf_hub": lambda tmp: True,
+    "downstream": lambda tmp: "emotion",
+    "upstream": lambda tmp: "os",
+    "seed": lambda tmp: 2**70,
+    "upstream_refresh": lambda tmp: "yes",
+    "from_hf_hub": lambda tmp: True,  # not an argument: s3prl sets it for --hub huggingface
+}
+
+
+@pytest.mark.parametrize("key", SAVED_ARGS)
+def test_saved_args_choose_no_place_download_or_code(key, tmp_path, capsys, monkeypatch):
+    state = stock_state(tmp_path, "ctc")
+    value = SAVED_ARGS[key](tmp_path)
+    setattr(state["Args"], key, value)
+    path = write_state(tmp_path, state)
+    monkeypatch.chdir(tmp_path)
+    code, line = run_cli(capsys, "downstream", "-m", "evaluate", "-e", str(path), "--device", "cpu")
+    assert code == 2
+    assert line.startswith(f"error: {path}: Args.{key} = ") and "refused for safety" in line, line
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_users_override_replaces_a_saved_place_before_s3prl_uses_it(tmp_path, capsys, monkeypatch):
+    # run_superb evaluates with -o args.expdir=...: the saved folder is never created; the run
+    # goes on to the next check (here: the upstream checkpoint, absent on purpose)
+    state = stock_state(tmp_path, "ctc")
+    state["Args"].expdir = str(tmp_path / "elsewhere")
+    path = write_state(tmp_path, state)
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine"
+    code, line = run_cli(capsys, "downstream", "-m", "evaluate", "-e", str(path), "--device", "cpu",
+                         "-o", f"args.expdir='{mine}',,config.downstream_expert.corpus.path='{tmp_path}'")
+    assert code == 2 and "refused" not in line, line
+    assert mine.is_dir() and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_saved_config_of_the_run_folder_itself_passes(tmp_path):
+    # what s3prl writes for a real run is allowed as it is (the guard is not a wall)
+    state = stock_state(tmp_path, "asr")
+    s3prl_guard.check_saved_args(tmp_path / "exp" / "states-2.ckpt", state, {})
+
+
+def test_override_values_are_literals_never_code(tmp_path, capsys, secret_env, monkeypatch):
+    marker = tmp_path / "marker"
+    monkeypatch.chdir(tmp_path)
+    code, line = run_cli(capsys, "downstream", "-m", "train", "-u", "score_hubert_local", "-k", "x.pt",
+                         "-d", "ctc", "-p", str(tmp_path / "exp"),
+                         "-o", f"config.downstream_expert.model.select={system(marker)}")
+    assert code == 2 and "config.downstream_expert.model.select" in line and "refused for safety" in line
+    no_trace(marker, line)
+    code, line = run_cli(capsys, "downstream", "-m", "train", "-u", "score_hubert_local", "-k", "x.pt",
+                         "-d", "ctc", "-p", str(tmp_path / "exp"), "-o", f"args.mode={system(marker)}")
+    assert code == 2 and "args.mode" in line, line
+    no_trace(marker, line)
+
+
+def test_parse_override_reads_literals_and_refuses_the_rest():
+    pairs = s3prl_guard.parse_override("config.a.b=1e-3,,args.seed=3,,config.runner.eval_dataloaders=['dev', 'test'],,"
+                                       "config.x.dev-clean=['dev-clean'],,config.y=dev-clean")
+    assert pairs == [("config.a.b", 1e-3), ("args.seed", 3), ("config.runner.eval_dataloaders", ["dev", "test"]),
+                     ("config.x.dev-clean", ["dev-clean"]), ("config.y", "dev-clean")]
+    assert s3prl_guard.parse_override("config.z=abs")[0][1] == "abs"  # stock eval() gave the builtin
+    for bad in ("noequals", "a=1", "args.nope=1", "config=1", "config.a=b=c", "args.seed.x=1"):
+        with pytest.raises(ScoreError):
+            s3prl_guard.parse_override(bad)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("runner: !!python/name:os.system\n", "invalid YAML"),
+    ("runner: {a: 1}\nrunner: {b: 2}\n", "duplicate key 'runner'"),
+])
+def test_a_config_file_is_plain_yaml(text, problem, tmp_path, capsys, monkeypatch):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    monkeypatch.chdir(tmp_path)
+    code, line = run_cli(capsys, "downstream", "-m", "train", "-u", "score_hubert_local", "-k", "x.pt",
+                         "-d", "ctc", "-p", str(tmp_path / "exp"), "-c", str(config))
+    assert code == 2 and line.startswith(f"error: {config}: invalid YAML") and problem in line, line
+
+
+def test_only_the_recipes_downstreams_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text("runner: {}\ndownstream_expert: {}\n")
+    code, line = run_cli(capsys, "downstream", "-m", "train", "-u", "score_hubert_local", "-k", "x.pt",
+                         "-d", "emotion", "-c", str(config), "-p", str(tmp_path / "exp"))
+    assert code == 2 and "args.downstream = 'emotion'" in line and "asr, ctc, quesst14_dtw" in line, line
+
+
+def test_a_past_exp_folder_with_odd_names_is_one_line(tmp_path, capsys):
+    (tmp_path / "states-best.ckpt").write_bytes(b"")
+    code, line = run_cli(capsys, "downstream", "-m", "evaluate", "-e", str(tmp_path))
+    assert code == 2 and "states-best.ckpt: not a states-<update>.ckpt name" in line
+    code, line = run_cli(capsys, "downstream", "-m", "evaluate", "-e", str(tmp_path / "empty"))
+    assert code == 2 and "checkpoint not found" in line
+
+
+def test_the_allow_lists_name_what_the_installed_s3prl_has():
+    import importlib
+
+    import torch.nn as nn
+    from s3prl import optimizers, schedulers
+
+    for name in s3prl_guard.OPTIMIZERS:
+        assert callable(getattr(optimizers, f"get_{name}"))
+    for name in s3prl_guard.SCHEDULERS:
+        assert callable(getattr(schedulers, f"get_{name}"))
+    for downstream, heads in s3prl_guard.HEADS.items():
+        expert = importlib.import_module(f"s3prl.downstream.{downstream}.expert")
+        assert all(issubclass(getattr(expert, head), nn.Module) for head in heads)
+    metric = importlib.import_module("s3prl.downstream.ctc.metric")
+    assert all(callable(getattr(metric, name)) for name in s3prl_guard.CTC_METRICS)
+    assert all(issubclass(getattr(nn, name), nn.Module) for name in s3prl_guard.ACTIVATIONS + s3prl_guard.RNN_MODULES)
+    assert set(s3prl_guard.downstreams()) == {"asr", "ctc", "quesst14_dtw"}
+    # every shipped recipe config passes as it is
+    for downstream in s3prl_guard.downstreams():
+        config = yaml.safe_load(recipes.config_path(downstream).read_text())
+        s3prl_guard.check_config(downstream, config, "recipe")
+
+
+# ============================================================== 4. two writers, one run folder
+
+
+def test_a_second_finetune_into_a_held_out_is_refused_before_any_work(tiny_ckpt, assets_dir, tmp_path):
+    out = tmp_path / "run"
+    with run_lock(out):  # the first writer (flock is per open file: this process counts as another)
+        with pytest.raises(ScoreError, match=r"another run is using this --out \(PID \d+: .*\)"):
+            train(tiny_config(tiny_ckpt, assets_dir, out, **{"optim.total_updates": 1}))
+    assert sorted(p.name for p in out.iterdir()) == [".run.lock"]  # nothing written
+
+
+# ============================================================== 5. the input destroyed by the output
+
+
+@pytest.mark.parametrize("name", [EXPORT_FILE, STATE_FILE, "tensorboard/x.pt", "cache/base.pt"])
+def test_an_init_the_run_would_write_is_refused_before_any_work(name, tiny_ckpt, assets_dir, tmp_path):
+    out = tmp_path / "run"
+    base = out / name
+    base.parent.mkdir(parents=True)
+    base.write_bytes(Path(tiny_ckpt).read_bytes())
+    before = base.read_bytes()
+    with pytest.raises(ScoreError, match=rf"init {re.escape(str(base))}: this run writes .* so it would overwrite"):
+        train(tiny_config(base, assets_dir, out, **{"optim.total_updates": 1}))
+    assert base.read_bytes() == before and not (out / LOG_FILE).exists()
+
+
+def test_an_init_linked_to_the_export_path_is_refused(tiny_ckpt, assets_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / EXPORT_FILE).symlink_to(tiny_ckpt)
+    with pytest.raises(ScoreError, match="overwrite its own base"):
+        train(tiny_config(tiny_ckpt, assets_dir, out, **{"optim.total_updates": 1}))
+
+
+# ============================================================== 6. the smaller ones
+
+
+def test_a_duplicated_yaml_key_is_one_line(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("optim:\n  lr: 1.0e-5\n  total_updates: 3\n  lr: 1.0\n")
+    code, line = run_cli(capsys, "finetune", "--config", str(config))
+    assert code == 2 and line == f"error: {config}: invalid YAML (duplicate key 'lr' on line 4 (first on line 2))"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("seed=1180591620717411303424", "seed = 1180591620717411303424: expected less than 4294967296"),
+    ("views.semitones=[1e300]", "views.semitones[0] = 1e+300: expected less than or equal to 39.8"),
+    ("views.speed_factors=[1e300]", "views.speed_factors[0] = 1e+300: expected less than or equal to 10"),
+])
+def test_huge_numbers_are_one_line(override, expected, capsys):
+    code, line = run_cli(capsys, "finetune", override)
+    assert code == 2 and expected in line, line
+
+
+def test_the_largest_seed_runs(tiny_ckpt, assets_dir, tmp_path):
+    from score_s3prl.train import update_seed
+
+    torch.manual_seed(update_seed(2**32 - 1, 10**7, 1023))  # the per-update seeds fit torch's range
+    train(tiny_config(tiny_ckpt, assets_dir, tmp_path, seed=2**32 - 1, **{"optim.total_updates": 1}))
+
+
+def write_wav(path: Path, samples: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, samples, 16000, subtype="FLOAT")
+    return path
+
+
+def test_nan_audio_is_skipped_naming_the_file(tiny_ckpt, assets_dir, tmp_path):
+    from score_s3prl.audio import AudioError, load_audio
+
+    chapter = tmp_path / "corpus" / "train-clean-100" / "1" / "2"
+    good = next((assets_dir / "train-clean-100").rglob("*.flac"))
+    chapter.mkdir(parents=True)
+    (chapter / good.name).write_bytes(good.read_bytes())
+    samples = np.random.default_rng(0).normal(0, 0.1, 48000).astype(np.float32)
+    samples[1000] = np.nan
+    bad = write_wav(chapter / "1-2-0000.wav", samples)
+    with pytest.raises(AudioError, match=rf"^{re.escape(str(bad))}: holds NaN or infinite samples \(the first at sample 1000\)"):
+        load_audio(bad)
+    cfg = tiny_config(tiny_ckpt, tmp_path / "corpus", tmp_path / "run", **{"optim.total_updates": 2,
+                      "data.subsets": ["train-clean-100"]})
+    with pytest.warns(UserWarning, match=rf"skipped: {re.escape(str(bad))}: holds NaN"):
+        export = train(cfg)
+    assert export.is_file()
+
+
+def test_a_ten_minute_file_in_whole_mode_is_refused_before_loading(tiny_ckpt, tmp_path):
+    corpus = tmp_path / "corpus" / "train-clean-100" / "1" / "2"
+    corpus.mkdir(parents=True)
+    long = corpus / "1-2-0000.wav"
+    soundfile.write(long, np.zeros(16000 * 600, dtype=np.int16), 16000)  # ten minutes
+    cfg = tiny_config(tiny_ckpt, tmp_path / "corpus", tmp_path / "run",
+                      **{"data.mode": "whole", "data.subsets": ["train-clean-100"]})
+    started = time.perf_counter()
+    with pytest.raises(ScoreError, match=rf"^{re.escape(str(long))}: 600.0 s is longer than data.batch_seconds = 40 s"):
+        train(cfg)
+    assert time.perf_counter() - started < 60
+    assert not (tmp_path / "run" / STATE_FILE).exists()
+
+
+def test_a_latin1_transcript_is_one_line(tmp_path, capsys):
+    from score_s3prl.corpora import transcripts
+
+    chapter = tmp_path / "dev-clean" / "1" / "2"
+    chapter.mkdir(parents=True)
+    (chapter / "1-2.trans.txt").write_bytes("1-2-0000 CAF\xc9 AU LAIT\n".encode("latin-1"))
+    with pytest.raises(ScoreError, match=r"1-2.trans.txt:1: byte 0xc9 at column 13 is not UTF-8; save the file as UTF-8"):
+        transcripts([chapter / "1-2-0000.flac"])
+
+
+# ---------------------------------------------------------------- crafted train_state.pt values
+
+
+def _good_state(tiny_ckpt, assets_dir, out) -> dict:
+    train(tiny_config(tiny_ckpt, assets_dir, out, **{"optim.total_updates": 2}))
+    return torch.load(out / STATE_FILE, weights_only=True)
+
+
+STATE_CHANGES = {
+    "update-type": (lambda s: s["position"].update(update="5"), "position.update = '5'"),
+    "update-negative": (lambda s: s["position"].update(update=-1_000_000), "position.update = -1000000"),
+    "update-huge": (lambda s: s["position"].update(update=1_000_000), "beyond optim.total_updates"),
+    "position-list": (lambda s: s.update(position=[1, 2]), "position [1, 2]"),
+    "unknown-field": (lambda s: s["position"].update(evil=1), "expected the fields"),
+    "seconds-nan": (lambda s: s["position"].update(audio_seconds=float("nan")), "position.audio_seconds = nan"),
+    "not-a-dict": (lambda s: s.clear() or s.update(x=[1]), "not a training state of this program"),
+    "scheduler-ahead": (lambda s: s["scheduler"].update(last_epoch=999), "its scheduler is at step 999"),
+    "lr-huge": (lambda s: s["optimizer"]["param_groups"][0].update(lr=1e30), "its optimiser has lr = 1e+30"),
+    "betas": (lambda s: s["optimizer"]["param_groups"][0].update(betas=(0.0, 0.0)), "its optimiser has betas"),
+    "moment-shape": (lambda s: next(iter(s["optimizer"]["state"].values())).update(exp_avg=torch.zeros(3)),
+                     "has shape (3,)"),
+    "moment-nan": (lambda s: next(iter(s["optimizer"]["state"].values()))["exp_avg"].fill_(float("nan")),
+                   "holds NaN or inf"),
+    "weights-inf": (lambda s: next(iter(s["trainable"].values())).fill_(float("inf")), "weights hold NaN or inf"),
+}
+
+
+@pytest.mark.parametrize("change", STATE_CHANGES)
+def test_a_crafted_training_state_is_one_line_and_kept(change, tiny_ckpt, assets_dir, tmp_path):
+    out = tmp_path / "run"
+    state = _good_state(tiny_ckpt, assets_dir, out)
+    edit, message = STATE_CHANGES[change]
+    edit(state)
+    torch.save(state, out / STATE_FILE)
+    before = (out / STATE_FILE).read_bytes()
+    with pytest.raises(ScoreError) as error:
+        train(tiny_config(tiny_ckpt, assets_dir, out, **{"optim.total_updates": 2}))
+    text = str(error.value)
+    assert "\n" not in text and text.startswith(str(out / STATE_FILE)) and message in text, text
+    assert "to start over" in text
+    assert (out / STATE_FILE).read_bytes() == before  # nothing lost: the file is left for the user
+
+
+def test_a_diverging_run_keeps_the_last_state_that_trained_on(tiny_ckpt, assets_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_ckpt, assets_dir, out, save_every=1, max_bad_losses=2,
+                      **{"optim.lr": 1e30, "optim.warmup_updates": 1, "optim.total_updates": 8})
+    with pytest.raises(ScoreError, match=r"2 non-finite losses in a row: stopping \(the last state that trained "
+                                         r"on \(update (\d+)\) is in .*; check optim.lr = 1e\+30") as error:
+        train(cfg)
+    saved = torch.load(out / STATE_FILE, weights_only=True)
+    assert f"(update {saved['position']['update']})" in str(error.value)
+    # the weights on disk gave a finite loss: those of the base, never the 1e30-sized ones
+    assert all(torch.isfinite(w).all() and w.abs().max() < 100 for w in saved["trainable"].values())
+
+
+# ---------------------------------------------------------------- start-up under a memory limit
+
+
+def test_a_memory_limit_is_named_not_the_torchaudio_version(tmp_path):
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, resource.RLIM_INFINITY))
+
+    result = subprocess.run([sys.executable, "-m", "score_s3prl.cli", "finetune", "-h"], capture_output=True,
+                            text=True, preexec_fn=limit, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert "out of memory while mapping its libraries" in line and "address-space limit of 1.5 GB" in line, line
+    assert "pip install" not in line
