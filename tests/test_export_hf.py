@@ -66,8 +66,8 @@ def test_hf_export_has_the_s3prl_upstreams_hidden_states(arch, tiny_ckpt, tiny_w
             torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
     # our base-model reader takes the directory back: the same weights, in the same s3prl format
-    from score_s3prl.base_models import load_base_state
-    from score_s3prl.checkpoint import base_architecture
+    from score_s3prl.checkpoints import load_base_state
+    from score_s3prl.checkpoints import base_architecture
 
     back, _ = load_base_state(str(out))
     assert base_architecture(back) == arch
@@ -82,7 +82,7 @@ def test_hf_export_has_the_s3prl_upstreams_hidden_states(arch, tiny_ckpt, tiny_w
 
 
 def test_export_of_a_non_checkpoint_is_a_clear_error(tmp_path):
-    from score_s3prl.export import export_hf
+    from score_s3prl.checkpoints.transformers_dirs import export_hf
 
     (tmp_path / "x.pt").write_text("nothing")
     with pytest.raises(ScoreError, match="x.pt: not a loadable checkpoint"):
