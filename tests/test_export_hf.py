@@ -3,6 +3,7 @@ upstream's hidden states on real speech."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -85,5 +86,29 @@ def test_export_of_a_non_checkpoint_is_a_clear_error(tmp_path):
     from score_s3prl.checkpoints.transformers_dirs import export_hf
 
     (tmp_path / "x.pt").write_text("nothing")
-    with pytest.raises(ScoreError, match="x.pt: not a loadable checkpoint"):
+    with pytest.raises(ScoreError, match="x.pt: not a PyTorch checkpoint"):
         export_hf(tmp_path / "x.pt", tmp_path / "out")
+
+
+class _RunsCommand:
+    """Unpickles as a call of os.system: what a hostile checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_export_of_a_checkpoint_naming_code_is_refused_in_one_line(tmp_path):
+    from score_s3prl.checkpoints.transformers_dirs import export_hf
+
+    marker = tmp_path / "ran"
+    torch.save({"model_weight": _RunsCommand(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ScoreError) as error:
+        export_hf(tmp_path / "evil.pt", tmp_path / "out")
+    message = str(error.value)
+    # read through checkpoints.safeload: torch's advice to re-run with weights_only=False is gone
+    assert "evil.pt: not a loadable checkpoint: it names" in message and "system" in message
+    assert "\n" not in message and "weights_only" not in message
+    assert not marker.exists() and not (tmp_path / "out").exists()

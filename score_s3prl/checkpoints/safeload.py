@@ -13,7 +13,8 @@ reads goes through this module:
   import or look up a name given by the file, and turns every ``fairseq.*`` and
   ``omegaconf.*`` class into an inert stand-in that only stores what the pickle gives it;
   :func:`plain` then makes plain dicts and lists of the omegaconf stand-ins. Neither fairseq
-  nor omegaconf code runs while loading.
+  nor omegaconf code runs while loading;
+* :func:`load_safetensors` reads a ``.safetensors`` weights file (a format without pickle).
 
 Failures become one :class:`~score_s3prl.errors.ScoreError` line naming the file and the problem.
 """
