@@ -25,7 +25,7 @@ import pytest
 import soundfile
 import torch
 
-from score_s3prl.checkpoint import tiny_hubert_state, write_converted
+from score_s3prl.checkpoints.hubert import tiny_hubert_state, write_converted
 from score_s3prl.errors import ScoreError
 from score_s3prl.superb import cli, demo_data, plan, settings
 from score_s3prl.superb.stages import StageError
@@ -598,7 +598,7 @@ def test_corrupt_checkpoint_stops_the_run_before_any_stage(env, capsys, kind, pr
 
 def test_corrupt_wavlm_checkpoint_stops_the_run_before_any_stage(env, capsys, tmp_path):
     from score_s3prl import cli as top_cli
-    from score_s3prl.checkpoint import tiny_wavlm_state, write_wavlm
+    from score_s3prl.checkpoints.wavlm import tiny_wavlm_state, write_wavlm
 
     hubert = tmp_path / "hubert_shaped.pt"
     torch.save(tiny_hubert_state(), hubert)  # a good file, of the other architecture

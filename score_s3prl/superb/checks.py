@@ -72,7 +72,8 @@ def open_checkpoint(upstream: Upstream) -> None:
     """
     if not upstream.ckpt or "://" in upstream.ckpt:
         return
-    from ..hub import ScoreHubertExpert, read_wavlm
+    from ..checkpoints.wavlm import read_wavlm
+    from ..hub import ScoreHubertExpert
 
     if upstream.name in CONVERTED_HUBERT_ENTRIES:
         # the hub entry's own path: read_converted, build_hubert, s3prl's HuBERT expert around it
