@@ -24,6 +24,7 @@ Also runs as ``python -m score_s3prl.run_downstream ARGS``.
 
 from __future__ import annotations
 
+import builtins
 import sys
 
 from .errors import ScoreError
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     def get_downstream_args():
         # s3prl reads -c and -e and applies -o here (a -e checkpoint's args and config are
         # checked as it loads); the whole run is checked and our paths resolved right after.
-        with s3prl_guard.checked_states(user_args):
+        with weights_only_torch_load(inspect=s3prl_guard.saved_state_check(user_args)):
             args, config, backup_files = stock_args()
         s3prl_guard.check_run(args, config)
         recipes.prepare_config(args, config)
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         return writers[-1]
 
     saved_argv = sys.argv
+    # s3prl's main wraps builtins.isinstance (hack_isinstance) and never unwraps it: each wrapper
+    # calls the one below twice, so runs in one process grew exponentially slower
+    saved_isinstance = builtins.isinstance
     sys.argv = [stock.__file__, *recipes.with_default_config(argv)]
     stock.get_downstream_args = get_downstream_args
     stock_runner.SummaryWriter = tracked_writer
@@ -109,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         raise clean from exc
     finally:
         sys.argv = saved_argv
+        builtins.isinstance = saved_isinstance
         stock.get_downstream_args = stock_args
         stock_runner.SummaryWriter = writer_class
         stock.override, stock.yaml = stock_override, stock_yaml

@@ -47,13 +47,12 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import os
 import re
 import sys
 import types
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -268,25 +267,16 @@ def check_saved_args(path: str | os.PathLike, state: Mapping[str, Any], user: Ma
     check_config(saved.downstream, config, source)
 
 
-@contextlib.contextmanager
-def checked_states(user: Mapping[str, Any]) -> Iterator[None]:
-    """Within the block, every ``torch.load`` that returns an s3prl state (a dict with ``Args``)
-    is checked by :func:`check_saved_args` before its caller sees it."""
-    import torch
+def saved_state_check(user: Mapping[str, Any]) -> Callable[[Any, Any], None]:
+    """For :func:`score_s3prl.checkpoints.safeload.weights_only_torch_load`'s ``inspect``: every
+    loaded s3prl state (a dict with ``Args``) is checked by :func:`check_saved_args` before its
+    caller sees it."""
 
-    load = torch.load
-
-    def checked(f: Any, *args: Any, **kwargs: Any) -> Any:
-        state = load(f, *args, **kwargs)
+    def check(f: Any, state: Any) -> None:
         if isinstance(state, dict) and "Args" in state:
             check_saved_args(f if isinstance(f, (str, os.PathLike)) else "-e checkpoint", state, user)
-        return state
 
-    torch.load = checked
-    try:
-        yield
-    finally:
-        torch.load = load
+    return check
 
 
 # ----------------------------------------------------------------------------- the run

@@ -63,12 +63,12 @@ def stock_state(tmp_path: Path, downstream: str, ckpt: str = "/absent/upstream.p
     """What s3prl's own runner saves in ``states-*.ckpt`` for a fresh run of ``downstream``
     (its parser's args, our recipe's config), written into ``tmp_path/exp``: plain data that
     passes weights_only."""
-    from s3prl import run_downstream as stock
-
     from score_s3prl import compat, hub
 
     compat.apply()
     hub.register()
+    from s3prl import run_downstream as stock
+
     exp = tmp_path / "exp"
     argv = sys.argv
     sys.argv = ["run_downstream.py", "-m", "train", "-u", "score_hubert_local", "-k", ckpt, "-d", downstream,
