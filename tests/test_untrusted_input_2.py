@@ -273,6 +273,266 @@ def test_the_allow_lists_name_what_the_installed_s3prl_has():
         s3prl_guard.check_config(downstream, config, "recipe")
 
 
+# ============================================================== 2. stock loaders
+
+
+class Touch:
+    """Unpickles as os.system("touch MARKER") (a pickle REDUCE of a GLOBAL)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.command = f"touch {marker}"
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def write_inst_payload(path: Path, marker: Path) -> Path:
+    """A torch zip whose pickle builds os.system("touch MARKER") with the protocol-0 INST opcode:
+    torch's weights-only reader refuses it without naming a GLOBAL."""
+    import zipfile
+
+    torch.save({"x": 1}, path)
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, f"(ios\nsystem\nS'touch {marker}'\no.".encode() if name.endswith("data.pkl") else data)
+    return path
+
+
+@pytest.fixture(params=["reduce", "inst"])
+def stock_crafted(request, tmp_path) -> tuple[Path, Path]:
+    """(a crafted upstream checkpoint, the marker its payload would create)."""
+    marker, path = tmp_path / "marker", tmp_path / "evil.ckpt"
+    if request.param == "reduce":
+        torch.save({"Config": {}, "Upstream_Config": {"transformer": {}}, "x": Touch(marker)}, path)
+    else:
+        write_inst_payload(path, marker)
+    return path, marker
+
+
+STOCK_LOADERS = ["mockingjay_local", "tera_local", "audio_albert_local", "distiller_local"]
+
+
+def refused_for_safety(line: str, path: Path) -> None:
+    assert "\n" not in line and str(path) in line and "refused for safety, nothing was run" in line, line
+    assert "weights_only" not in line and "trust" not in line, line  # never torch's advice to turn it off
+
+
+@pytest.mark.parametrize("entry", STOCK_LOADERS)
+def test_stock_loaders_run_the_payload_without_the_guard(entry, tmp_path):
+    # the control: these stock entries ask torch.load for weights_only=False
+    from score_s3prl import compat, hub
+
+    compat.apply()
+    hub.register()
+    import s3prl.hub
+
+    marker, path = tmp_path / "marker", tmp_path / "evil.ckpt"
+    torch.save({"Config": {}, "x": Touch(marker)}, path)
+    with pytest.raises(Exception):
+        getattr(s3prl.hub, entry)(ckpt=str(path))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("entry", STOCK_LOADERS)
+def test_probe_loads_stock_upstreams_under_the_guard(entry, stock_crafted, assets_dir, tmp_path, capsys):
+    path, marker = stock_crafted
+    code, line = run_cli(capsys, "probe", "--upstream", f"{entry}={path}", "--audio",
+                         str(assets_dir / "transcribed"), "--out", str(tmp_path / "out"), "--no-progress")
+    assert code == 2
+    refused_for_safety(line, path)
+    assert not marker.exists()
+
+
+def test_the_probe_api_guards_stock_entries_too(stock_crafted):
+    from score_s3prl.probe import load_upstream
+
+    path, marker = stock_crafted
+    with pytest.raises(ScoreError) as error:
+        load_upstream("tera_local", str(path))
+    refused_for_safety(str(error.value), path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["export", "finetune"])
+def test_a_refused_checkpoint_never_repeats_torchs_advice(command, stock_crafted, tmp_path, capsys):
+    path, marker = stock_crafted
+    argv = [str(path), str(tmp_path / "hf")] if command == "export" else ["--init", str(path), "--out", str(tmp_path / "r")]
+    code, line = run_cli(capsys, command, *argv)
+    assert code == 2
+    refused_for_safety(line, path)
+    assert not marker.exists()
+
+
+def test_the_guard_nests_and_restores():
+    from score_s3prl.checkpoints.safeload import weights_only_torch_load
+
+    real_load, real_yaml = torch.load, yaml.load
+    with weights_only_torch_load():
+        outer = torch.load
+        with weights_only_torch_load():
+            assert torch.load is not outer and torch.serialization.load is torch.load
+        assert torch.load is outer
+    assert torch.load is real_load and yaml.load is real_yaml
+
+
+def test_yaml_under_the_guard_builds_no_python_objects():
+    from score_s3prl.checkpoints.safeload import weights_only_torch_load
+
+    with weights_only_torch_load(), pytest.raises(yaml.constructor.ConstructorError):
+        yaml.load("a: !!python/name:os.system", Loader=yaml.FullLoader)  # noqa: S506 - the point
+    assert yaml.load("a: !!python/name:os.system", Loader=yaml.FullLoader)["a"] is os.system  # noqa: S506
+
+
+# ============================================================== 3. secrets through interpolation
+
+
+def write_fairseq(path: Path, **task_values) -> Path:
+    from score_s3prl.checkpoints.hubert import tiny_hubert_state
+
+    state = tiny_hubert_state(seed=0)
+    torch.save({"cfg": {"model": {**state["model_cfg"], "_name": "hubert"}, "task": {**state["task_cfg"], **task_values}},
+                "model": state["model_weight"], "task_state": {"dictionaries": []}}, path)
+    return path
+
+
+def test_omegaconf_would_copy_the_secret(secret_env):
+    # the control: what resolving with OmegaConf did
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(OmegaConf.create({"task": {"data": f"${{oc.env:{SECRET_NAME}}}"}}), resolve=True)
+    assert resolved["task"]["data"] == SECRET
+
+
+@pytest.mark.parametrize("value", [f"${{oc.env:{SECRET_NAME}}}", f"${{oc.env:{SECRET_NAME},x}}", "${oc.decode:'1'}",
+                                   "${oc.create:{a: 1}}", "pre-${oc.env:HOME}", "${${model.label_rate}}", "${.label_rate}"])
+def test_a_fairseq_config_reads_no_environment(value, tmp_path, capsys, secret_env):
+    path = write_fairseq(tmp_path / "fairseq.pt", data=value)
+    out = tmp_path / "run"
+    code, line = run_cli(capsys, "finetune", "--init", str(path), "--out", str(out), "--data", str(tmp_path))
+    assert code == 2 and line.startswith(f"error: {path}: the interpolation") and "refused for safety" in line, line
+    no_trace(tmp_path / "marker", line, folder=tmp_path)
+    assert not (out / EXPORT_FILE).exists()
+
+
+def test_plain_references_still_resolve(tmp_path, monkeypatch):
+    import types
+
+    from score_s3prl.checkpoints import load_base_state
+    from score_s3prl.checkpoints.hubert import tiny_hubert_state
+
+    # fairseq's label dictionary, pickled under its own name (the loader reads it as a stand-in)
+    module = types.ModuleType("fairseq.data.dictionary")
+    module.Dictionary = type("Dictionary", (), {"__module__": "fairseq.data.dictionary"})
+    for name in ("fairseq", "fairseq.data", "fairseq.data.dictionary"):
+        monkeypatch.setitem(sys.modules, name, module)
+    dictionaries = []
+    for symbols in tiny_hubert_state(seed=0)["dictionaries_symbols"]:
+        dictionaries.append(module.Dictionary())
+        dictionaries[-1].symbols = symbols
+    path = write_fairseq(tmp_path / "fairseq.pt", label_rate="${model.label_rate}", note="rate ${model.label_rate} Hz")
+    saved = torch.load(path, weights_only=False)
+    saved["task_state"]["dictionaries"] = dictionaries
+    torch.save(saved, path)
+    monkeypatch.undo()
+    state, _ = load_base_state(str(path))
+    assert state["task_cfg"]["label_rate"] == 50.0 and state["task_cfg"]["note"] == "rate 50.0 Hz"
+
+
+def test_an_unbounded_expansion_is_refused_quickly(tmp_path):
+    from score_s3prl.checkpoints import load_base_state
+
+    values = {"l0": "x" * 1000, **{f"l{i}": f"${{task.l{i - 1}}}${{task.l{i - 1}}}" for i in range(1, 40)}}
+    path = write_fairseq(tmp_path / "fairseq.pt", **values)
+    started = time.perf_counter()
+    with pytest.raises(ScoreError, match="an expansion past 1000000 values and characters.*refused for safety"):
+        load_base_state(str(path))
+    assert time.perf_counter() - started < 10
+
+
+# ============================================================== downloads
+
+
+class Server:
+    """A local HTTP server: /drip (a byte every 50 ms, forever), /big (says 10 GB),
+    /endless (no length, bytes until the client stops), /to-ftp and /to-file (redirects)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                if self.path.startswith("/to-"):
+                    self.send_response(302)
+                    self.send_header("Location", {"/to-ftp": "ftp://127.0.0.1/x.pt",
+                                                  "/to-file": "file:///etc/hostname"}[self.path])
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                if self.path == "/big":
+                    self.send_header("Content-Length", str(10**10))
+                elif self.path == "/drip":
+                    self.send_header("Content-Length", str(10**6))
+                self.end_headers()
+                try:
+                    while True:
+                        self.wfile.write(b"x" * (1 << 16) if self.path != "/drip" else b"x")
+                        self.wfile.flush()
+                        time.sleep(0.05 if self.path == "/drip" else 0)
+                except OSError:
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    from s3prl.util import download
+
+    monkeypatch.setattr(download, "_download_dir", tmp_path / "cache")
+    serving = Server()
+    yield serving.url
+    serving.httpd.shutdown()
+    serving.httpd.server_close()
+
+
+def test_a_drip_ends_at_the_deadline(server, tmp_path):
+    from score_s3prl.checkpoints.download import fetch
+
+    started = time.perf_counter()
+    with pytest.raises(ScoreError, match=r"/drip: cannot download checkpoint \(not done within 1 s \(\d+ bytes so far\)\)"):
+        fetch(f"{server}/drip", timeout=5, deadline=1)
+    assert time.perf_counter() - started < 4  # each read returned within the 5 s timeout: the deadline ended it
+    assert not list((tmp_path / "cache").glob("*x*"))
+
+
+@pytest.mark.parametrize("path, problem", [("/big", "10000000000 bytes, more than the 1000000"),
+                                           ("/endless", "more than the 1000000 bytes")])
+def test_a_download_larger_than_the_cap_is_refused(path, problem, server, tmp_path):
+    from score_s3prl.checkpoints.download import fetch
+
+    with pytest.raises(ScoreError, match=re.escape(problem)):
+        fetch(f"{server}{path}", max_bytes=10**6)
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_file()] if (tmp_path / "cache").exists() else True
+
+
+@pytest.mark.parametrize("path, problem", [("/to-ftp", "redirected from http to ftp"),
+                                           ("/to-file", "redirected from http to file")])
+def test_no_redirect_to_another_scheme(path, problem, server, capsys):
+    from score_s3prl import hub
+
+    with pytest.raises(ScoreError, match=f"{problem}.*refused for safety"):
+        hub.score_hubert_url(ckpt=f"{server}{path}")
+
+
 # ============================================================== 4. two writers, one run folder
 
 

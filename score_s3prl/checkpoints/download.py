@@ -107,11 +107,16 @@ class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
     """Follow a redirect only within its scheme, or from http up to https (urllib alone follows
     http(s) to ftp, and https down to http)."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
-        old, new = urllib.parse.urlparse(req.full_url).scheme, urllib.parse.urlparse(newurl).scheme
-        if new and new != old and (old, new) != ("http", "https"):
-            raise ScoreError(f"redirected from {old} to {new} ({newurl}): refused for safety")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+    def http_error_302(self, req, fp, code, msg, headers):  # noqa: ANN001 - urllib's signature
+        target = headers.get("location") or headers.get("uri")
+        if target:
+            new_url = urllib.parse.urljoin(req.full_url, target)
+            old, new = urllib.parse.urlparse(req.full_url).scheme, urllib.parse.urlparse(new_url).scheme
+            if new != old and (old, new) != ("http", "https"):
+                raise ScoreError(f"redirected from {old} to {new} ({new_url}): refused for safety")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def _download(url: str, dest: Path, validate: Callable[[Path], None] | None, timeout: float,

@@ -64,7 +64,7 @@ def _refusal(exc: BaseException) -> str:
         # the reason is the paragraph between torch's advice and its pointer to the documentation
         reason = next((line for line in lines[1:] if "weights_only" not in line
                        and not line.startswith("Check the documentation")), "an object it may not build")
-        return f"it asks to build {reason.rstrip('.')}: refused for safety, nothing was run"
+        return f"torch's weights-only reader stopped at {reason.rstrip('.')!r}: refused for safety, nothing was run"
     first = lines[0] if lines else type(exc).__name__
     return f"{type(exc).__name__}: {first}" if "weights_only" not in first else "refused for safety, nothing was run"
 
