@@ -715,3 +715,220 @@ def test_a_memory_limit_is_named_not_the_torchaudio_version(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert "out of memory while mapping its libraries" in line and "address-space limit of 1.5 GB" in line, line
     assert "pip install" not in line
+
+
+# ============================================================== subprocess runs: writers, signals
+
+
+def finetune(out: Path, tiny_ckpt, assets_dir, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "score_s3prl.cli", "finetune", "--config", str(TINY_CONFIG), "--init", str(tiny_ckpt),
+            "--data", str(assets_dir), "--out", str(out), "--steps", "24", "save_every=2", *extra]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def weights(export: Path) -> dict:
+    from score_s3prl.checkpoints.hubert import read_converted
+
+    return read_converted(export)["model_weight"]
+
+
+def logged_updates(out: Path) -> list[int]:
+    import csv
+
+    with open(out / LOG_FILE) as handle:
+        return [int(row["update"]) for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_ckpt, assets_dir, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("whole")
+    result = subprocess.run(finetune(out, tiny_ckpt, assets_dir), env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return weights(out / EXPORT_FILE)
+
+
+@pytest.mark.slow
+def test_a_second_finetune_into_the_same_out_is_one_line_and_the_first_finishes(tiny_ckpt, assets_dir, tmp_path,
+                                                                                uninterrupted):
+    out = tmp_path / "run"
+    first = subprocess.Popen(finetune(out, tiny_ckpt, assets_dir), env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    wait_for(out / STATE_FILE, first)
+    second = subprocess.run(finetune(out, tiny_ckpt, assets_dir), env=ENV, capture_output=True, text=True)
+    assert second.returncode == 2, second.stderr[-3000:]
+    (line,) = second.stderr.strip().splitlines()
+    assert re.fullmatch(rf"error: {re.escape(str(out))}: another run is using this --out \(PID {first.pid}: .*finetune.*\); "
+                        r"wait for it to end or pass another --out", line), line
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    updates = logged_updates(out)
+    assert updates == sorted(set(updates)) and updates[-1] == 24  # every update logged once
+    assert all(torch.equal(uninterrupted[k], v) for k, v in weights(out / EXPORT_FILE).items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGHUP,), (signal.SIGTERM, signal.SIGHUP)])
+def test_signals_stop_with_one_line_and_lose_nothing(signals, tiny_ckpt, assets_dir, tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(finetune(out, tiny_ckpt, assets_dir), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(out / STATE_FILE, proc)
+    for sig in signals:
+        proc.send_signal(sig)
+        time.sleep(0.05)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signals[0], stderr[-3000:]
+    assert "Traceback" not in stderr and f"stopped by signal {int(signals[0])} at update" in stderr, stderr[-3000:]
+    stopped_at = torch.load(out / STATE_FILE, weights_only=True)["position"]["update"]
+    resumed = subprocess.run(finetune(out, tiny_ckpt, assets_dir), env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {out} at update {stopped_at}" in resumed.stderr
+    assert all(torch.equal(uninterrupted[k], v) for k, v in weights(out / EXPORT_FILE).items())
+    updates = logged_updates(out)
+    assert updates == sorted(set(updates)) and updates[-1] == 24
+
+
+# ============================================================== fuzz (seeded): files, values, signals
+
+FUZZ_ARGS = {"expdir": ["/", "/tmp/x", "", "https://x/y", 3], "cache_dir": ["/tmp", 1.5], "upstream": ["os", "", None, 7],
+             "upstream_ckpt": ["http://x/y.pt", "gs://b/k", ["a"]], "hub": ["huggingface", None], "downstream": [
+                 "example", "../ctc", None], "seed": [-1, 2**64, "1", True], "push_to_hf_hub": ["False", 1],
+             "upstream_layer_selection": ["-1", 1.5], "evaluate_split": ["../x", "a/b", ""], "device": [3],
+             "from_hf_hub": [True], "upstream_feature_selection": ["a.b", "__class__()"]}
+FUZZ_CONFIG = {"downstream_expert.model.select": "{p}", "downstream_expert.metric": ["{p}"], "optimizer.name": "{p}",
+               "optimizer.torch_optim_name": "{p}", "scheduler": {"name": "{p}"}, "downstream_expert.text.mode": "bert-{p}",
+               "downstream_expert.corpus.train": ["../{p}"], "runner.eval_dataloaders": ["{p}/.."], "evil": {"x": 1},
+               "downstream_expert.model.FrameLevel": {"activation": "{p}", "hiddens": [4]},
+               "downstream_expert.corpus.name": "{p}"}
+
+
+def with_payload(value, payload: str):
+    if isinstance(value, dict):
+        return {k: with_payload(v, payload) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_payload(v, payload) for v in value]
+    return value.replace("{p}", payload) if isinstance(value, str) else value
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(4))
+def test_fuzz_downstream_checkpoints(seed, tmp_path, capsys, secret_env, monkeypatch):
+    import random
+
+    rng = random.Random(seed)
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "marker"
+    base = stock_state(tmp_path, "ctc")
+    for case in range(6):
+        state = {**base, "Args": argparse.Namespace(**vars(base["Args"])),
+                 "Config": yaml.safe_load(yaml.safe_dump(base["Config"]))}
+        for _ in range(rng.randint(1, 3)):
+            if rng.random() < 0.5:
+                key = rng.choice(sorted(FUZZ_ARGS))
+                setattr(state["Args"], key, rng.choice(FUZZ_ARGS[key]))
+            else:
+                key = rng.choice(sorted(FUZZ_CONFIG))
+                set_key(state["Config"], key, with_payload(FUZZ_CONFIG[key], system(marker)))
+        path = write_state(tmp_path, state, f"states-{case}.ckpt")
+        code, line = run_cli(capsys, "downstream", "-m", rng.choice(["evaluate", "train"]), "-e", str(path),
+                             "--device", "cpu")
+        assert code == 2 and "refused for safety" in line, (seed, case, line)
+        no_trace(marker, line)
+    assert not (tmp_path / "x").exists()
+
+
+INTERPOLATIONS = ["${model.label_rate}", "${task.sample_rate}", "x${model.label_rate}y", "${nope}", "${oc.env:%s}" % SECRET_NAME,
+                  "${oc.decode:1}", "${${model.label_rate}}", "${.x}", "\\${model.label_rate}", "${model}", "$", "${",
+                  "${task.a0}${task.a0}", "${model.label_rate", "}${", "${task.a1}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(4))
+def test_fuzz_interpolations_match_omegaconf_or_are_refused(seed, secret_env):
+    # where ours resolves, OmegaConf (without its resolvers' reach) gives the same; otherwise a refusal
+    import random
+
+    from omegaconf import OmegaConf
+
+    from score_s3prl.checkpoints.safeload import resolve_interpolations
+
+    rng = random.Random(seed)
+    for _ in range(40):
+        task = {f"a{i}": "".join(rng.choice(INTERPOLATIONS) for _ in range(rng.randint(1, 3))) for i in range(3)}
+        config = {"model": {"label_rate": 50}, "task": {"sample_rate": 16000, **task}}
+        try:
+            ours = resolve_interpolations(config, "f.pt")
+        except ScoreError as exc:
+            assert "\n" not in str(exc) and SECRET not in str(exc) and "refused for safety" in str(exc)
+            continue
+        assert SECRET not in repr(ours)
+        assert ours == OmegaConf.to_container(OmegaConf.create(config), resolve=True), task
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3))
+def test_fuzz_finetune_values_and_state_files(seed, tiny_ckpt, assets_dir, tmp_path, capsys):
+    import random
+
+    rng = random.Random(seed)
+    keys = ["seed", "views.semitones", "views.speed_factors", "optim.lr", "data.batch_seconds", "optim.eps"]
+    values = ["2**70", "1e300", "[1e300]", "[-1e300]", "[0]", "1180591620717411303424", ".nan", "[.inf]", "-0.0"]
+    for _ in range(6):
+        code, line = run_cli(capsys, "finetune", f"{rng.choice(keys)}={rng.choice(values)}")
+        assert code == 2 and line, line
+    out = tmp_path / "run"
+    good = _good_state(tiny_ckpt, assets_dir, out)
+    for case in range(4):
+        state = {**good, "position": dict(good["position"])}
+        field = rng.choice(sorted(state["position"]))
+        value = rng.choice([-1, "1", 1e300, float("nan"), None, [1], 10**9, True])
+        state["position"][field] = value
+        # of its kind and in range: a count >= 0 (the update at most the total), a list of indices
+        valid = (field in ("epoch", "cursor", "skipped_files", "bad_in_a_row", "audio_seconds")
+                 and type(value) is int and value >= 0) or (field == "unreadable" and value == [1])
+        torch.save(state, out / STATE_FILE)
+        before = (out / STATE_FILE).read_bytes()
+        code, line = run_cli(capsys, "finetune", "--config", str(TINY_CONFIG), "--init", str(tiny_ckpt), "--data",
+                             str(assets_dir), "--out", str(out), "--steps", "2")
+        if valid:
+            assert code == 0, (field, value)
+            continue
+        assert code == 2 and line.startswith(f"error: {out / STATE_FILE}:"), (field, value, line)
+        assert (out / STATE_FILE).read_bytes() == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(2))
+def test_fuzz_signals(seed, tiny_ckpt, assets_dir, tmp_path, uninterrupted):
+    # any of SIGINT/SIGTERM/SIGHUP, once or twice, at a random moment: one line, and a resume
+    # ends at the uninterrupted run's weights
+    import random
+
+    rng = random.Random(seed)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(finetune(out, tiny_ckpt, assets_dir), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(out / STATE_FILE, proc)
+    time.sleep(rng.uniform(0, 1.5))
+    sent = [rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGHUP]) for _ in range(rng.randint(1, 2))]
+    for sig in sent:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        time.sleep(rng.uniform(0, 0.2))
+    _, stderr = proc.communicate(timeout=300)
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert proc.returncode in (0, 128 + sent[0]), stderr[-3000:]
+    if proc.returncode:
+        resumed = subprocess.run(finetune(out, tiny_ckpt, assets_dir), env=ENV, capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert all(torch.equal(uninterrupted[k], v) for k, v in weights(out / EXPORT_FILE).items())
