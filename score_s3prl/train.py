@@ -429,7 +429,8 @@ class StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def __init__(self) -> None:
+    def __init__(self, linger: bool = False) -> None:
+        self.linger = linger  # once stopping, ignore these signals until the process exits (the CLI)
         self.signal: int | None = None
         self._previous: dict = {}
         self._holding = 0
@@ -442,7 +443,8 @@ class StopRequest:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # a signal after the state is saved must not kill the exit (a second Ctrl-C, a hang-up)
+            signal.signal(sig, signal.SIG_IGN if self.linger and self.signal is not None else handler)
 
     def _handle(self, signum, frame) -> None:
         if self.signal is None:
@@ -589,8 +591,11 @@ def setup(cfg: TrainConfig) -> Run:
     )
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainConfig, linger: bool = False) -> Path:
     """Run (or resume) SCORE / LASER fine-tuning as ``cfg`` says; returns the export's path.
+
+    With ``linger`` (the CLI, which exits next), a run stopped by a signal ignores further stop
+    signals instead of restoring the previous handlers.
 
     Raises:
         ScoreError: ``init`` is a file this run writes, or another live run holds ``cfg.out``
@@ -599,13 +604,13 @@ def train(cfg: TrainConfig) -> Path:
     check_init_is_not_written(cfg)
     # rank 0 holds the lock for the whole job (the ranks of one torchrun share the folder)
     with run_lock(Path(cfg.out)) if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext():
-        return _train(cfg)
+        return _train(cfg, linger)
 
 
-def _train(cfg: TrainConfig) -> Path:
+def _train(cfg: TrainConfig, linger: bool = False) -> Path:
     run = setup(cfg)
     stopped = 0  # the signal that stopped the run, agreed by all ranks (0: none)
-    with StopRequest() as stop:
+    with StopRequest(linger) as stop:
         run.stop = stop
         try:
             try:
@@ -824,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     args, flags = parse_args(argv)
     cfg = load_config(args.config, args.overrides, flags)
     try:
-        print(train(cfg))
+        print(train(cfg, linger=True))
         code = 0
     except SystemExit as stop:  # stopped by a signal, state saved: exit 128 + signal
         code = int(stop.code)
