@@ -12,7 +12,12 @@ The weights are renamed from s3prl's (fairseq's) names to transformers' and load
 a freshly built transformers model before it is saved, so a name or shape that does not fit
 stops the export. Pre-training-only weights (``final_proj``, ``label_embs_concat``) are dropped:
 transformers' base models have no place for them and feature extraction never uses them.
-Needs ``transformers`` and ``safetensors`` (``pip install score-s3prl[hf]``).
+OUT_DIR also receives ``README.md``, a model card with the Hub's metadata
+(:mod:`score_s3prl.model_card`; ``--results CSV`` adds the model's SUPERB rows as ``model-index``),
+and ``score_s3prl.json``, the training record with no path of this machine (file names and
+SHA-256 digests instead). ``--push-to-hub REPO_ID`` uploads those files with ``huggingface_hub``
+(its token: ``HF_TOKEN`` or ``huggingface-cli login``).
+Needs ``transformers``, ``safetensors`` and ``huggingface_hub`` (``pip install -e '.[hf]'``).
 """
 
 from __future__ import annotations
@@ -26,8 +31,11 @@ from typing import Any
 
 import torch
 
+from . import __version__
 from .checkpoint import base_architecture, build_base, rename_weights
 from .errors import ScoreError
+from .fileio import atomic_write_text, give_umask_mode
+from .hashing import file_sha256
 
 # s3prl (fairseq) names -> transformers names, shared by HuBERT and WavLM. The CNN norm rule
 # depends on the extractor mode: "default" (group norm in block 0) or "layer_norm" (every block).
@@ -125,9 +133,29 @@ def hf_weights(state: dict[str, Any], mode: str) -> dict[str, torch.Tensor]:
                           lambda name: f"checkpoint: weight {name} has no transformers counterpart")
 
 
-def export_hf(ckpt: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write CKPT as a transformers directory in OUT_DIR; returns OUT_DIR."""
+CARD = "README.md"
+RECORD = "score_s3prl.json"
+
+
+def export_hf(ckpt: str | os.PathLike, out_dir: str | os.PathLike, *, results: str | os.PathLike | None = None,
+              model_name: str | None = None, repo_id: str | None = None, base_model: str | None = None,
+              license: str | None = None) -> Path:
+    """Write CKPT as a transformers directory in OUT_DIR, with its model card; returns OUT_DIR.
+
+    Args:
+        results: a ``score-s3prl superb`` results CSV; its rows of CKPT become the card's
+            ``model-index`` (read before anything is written: a bad CSV leaves OUT_DIR alone).
+        model_name: the card's title and ``model-index`` name (default: ``repo_id``'s name, else
+            OUT_DIR's).
+        repo_id: the Hub repository the card's usage snippets load from.
+        base_model, license: the card's ``base_model`` / ``license`` for a base
+            :data:`score_s3prl.model_card.KNOWN_BASES` does not know.
+    """
     import transformers
+
+    from . import model_card
+
+    rows = model_card.read_results(results, ckpt) if results is not None else []
 
     state = read_checkpoint(ckpt)
     config, normalize, mode = hf_config(state)
@@ -145,6 +173,8 @@ def export_hf(ckpt: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
+    # safetensors writes through a 0600 temporary file: give the weights the mode of every other file
+    give_umask_mode(*out.glob("*.safetensors"))
     # The feature extractor is what transformers pipelines and s3prl's hf_hubert_custom apply
     # before the model: normalisation as the s3prl task config says; attention masks only for
     # layer-norm CNNs (transformers' advice for group-norm models such as HuBERT Base).
@@ -154,9 +184,43 @@ def export_hf(ckpt: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     )
     extractor.save_pretrained(out)
     score = state.get("score")
-    if score is not None:  # keep the provenance next to the weights
-        (out / "score_s3prl.json").write_text(json.dumps(score, indent=2, default=str) + "\n", encoding="utf-8")
+    if score is not None:  # the provenance next to the weights, without this machine's paths
+        record = model_card.shareable_record(score, Path(ckpt).name, file_sha256(ckpt))
+        atomic_write_text(out / RECORD, json.dumps(record, indent=2, default=str) + "\n")
+    name = model_name or (repo_id.rsplit("/", 1)[-1] if repo_id else out.resolve().name)
+    atomic_write_text(out / CARD, model_card.card_text(
+        architecture=base_architecture(state), score=score, results=rows, model_name=name, repo_id=repo_id,
+        base_model=base_model, license=license))
     return out
+
+
+def exported_files(out_dir: Path) -> list[str]:
+    """The files :func:`export_hf` writes (what a push uploads; nothing else in OUT_DIR)."""
+    names = ["config.json", "model.safetensors", "preprocessor_config.json", CARD, RECORD]
+    return [name for name in names if (out_dir / name).is_file()]
+
+
+def push_to_hub(out_dir: str | os.PathLike, repo_id: str, private: bool = False) -> str:
+    """Upload the exported files of OUT_DIR to the Hub model repository ``repo_id`` (created if
+    absent); returns the commit URL.
+
+    Raises:
+        ScoreError: one line naming the repository and why the upload failed (no token, offline
+            (``HF_HUB_OFFLINE=1``), refused, network).
+    """
+    from huggingface_hub import HfApi
+
+    out = Path(out_dir)
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=out,
+                                   allow_patterns=exported_files(out),
+                                   commit_message=f"score-s3prl {__version__} export")
+    except Exception as exc:  # auth, offline, HTTP and transport errors come in many library types
+        problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ScoreError(f"{repo_id}: upload to the Hugging Face Hub failed ({problem})") from exc
+    return str(getattr(commit, "commit_url", commit))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,8 +228,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("ckpt", help="a SCORE/LASER export (converted HuBERT or WavLM .pt)")
     parser.add_argument("out_dir", help="directory to write")
     parser.add_argument("--format", choices=["hf"], default="hf", help="hf: a transformers model directory")
+    parser.add_argument("--results", metavar="CSV",
+                        help="a `score-s3prl superb` results CSV: the checkpoint's SUPERB rows go into the card")
+    parser.add_argument("--name", help="model name in the card (default: the repository's or OUT_DIR's name)")
+    parser.add_argument("--base-model", metavar="HUB_ID",
+                        help="the card's base_model, for a base score-s3prl does not recognise")
+    parser.add_argument("--license", metavar="ID", help="the card's licence (default: the known base's)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the export to this Hub model repository")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     args = parser.parse_args(argv)
-    print(export_hf(args.ckpt, args.out_dir))
+    if args.push_to_hub:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:  # before the export's work, not after it
+            validate_repo_id(args.push_to_hub)
+        except HFValidationError as exc:
+            raise ScoreError(f"--push-to-hub {args.push_to_hub}: not a Hub repository id ({exc})") from None
+    out = export_hf(args.ckpt, args.out_dir, results=args.results, model_name=args.name, repo_id=args.push_to_hub,
+                    base_model=args.base_model, license=args.license)
+    print(out)
+    if args.push_to_hub:
+        print(push_to_hub(out, args.push_to_hub, private=args.private))
     return 0
 
 
