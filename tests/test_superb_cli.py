@@ -214,8 +214,9 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_rows_gains_and_plot(env):
+def test_rows_gains_and_plot(env, capsys):
     assert run(env, "all") == 0
+    assert f"pr lexicon: {Lexicon().label}\n" in capsys.readouterr().out  # the run's end names it
     rows = read_rows(env["csv"])
     got = [(r["task"], r["metric"], r["split"], r["upstream"]) for r in rows]
     assert got == [(task, metric, split, up) for task, metric, split in

@@ -210,6 +210,10 @@ def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
         return 0
     rows = rows_of(planner.score_stages)
     pipeline.say("\n" + results.summary_table(rows))
+    if "pr" in settings.tasks:  # the lexicon decides PR's labels: a PER is comparable only under the same one
+        cmudict = settings.lexicon_source == CMUDICT and not settings.lexicon
+        caveat = "; not comparable with published PER" if cmudict else ""
+        pipeline.say(f"pr lexicon: {planner.data_detail('pr')['lexicon']}{caveat}")
     if planner.probe_csvs:
         from .. import probe
 
