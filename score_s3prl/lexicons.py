@@ -11,9 +11,10 @@ pronunciation wins)::
 The pip package of s3prl does not ship them. The sources (``--lexicon`` of the runner):
 
 - ``g2p`` (default): those two files, fetched once from s3prl's repository at the commit of
-  release 0.4.18 (the pinned s3prl) through :func:`score_s3prl.download.fetch` into s3prl's download
-  cache, each accepted only when its git blob id is the pinned one (so a mirror given by
-  ``$SCORE_S3PRL_G2P_URL`` must serve the same bytes);
+  release 0.4.18 (the pinned s3prl) through the project's safe downloader
+  (:func:`score_s3prl.checkpoints.download.fetch`) into s3prl's download cache, each accepted only
+  when its git blob id is the pinned one (so a mirror given by ``$SCORE_S3PRL_G2P_URL`` must serve
+  the same bytes);
 - ``cmudict``: written from CMUdict by :func:`score_s3prl.corpora.write_lexicon` (unknown words ->
   ``SPN``); offline, what the demo uses, and not comparable with published PER;
 - a file: the user's own, used as given.
@@ -62,7 +63,7 @@ def g2p_urls() -> list[str]:
 
 def g2p_paths() -> list[Path]:
     """Where the g2p files are cached (known before they are fetched: a dry run prints them)."""
-    from .download import cache_path
+    from .checkpoints.download import cache_path
 
     return [cache_path(url) for url in g2p_urls()]
 
@@ -80,10 +81,10 @@ def fetch_g2p() -> list[Path]:
     """s3prl's g2p lexicon files, from the cache or fetched once; returns their cached paths.
 
     Raises:
-        score_s3prl.download.DownloadError: one line naming the URL: unreachable, or a file
+        score_s3prl.checkpoints.download.DownloadError: one line naming the URL: unreachable, or a file
             whose content is not the pinned one (nothing is cached then).
     """
-    from .download import fetch
+    from .checkpoints.download import fetch
 
     paths = []
     for url, (name, blob) in zip(g2p_urls(), G2P_FILES):

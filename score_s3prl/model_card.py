@@ -15,6 +15,7 @@ Facts about the known bases (Hub id, licence and where the licence is stated) ar
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
@@ -76,23 +77,39 @@ RESULT_COLUMNS = ("task", "metric", "upstream", "checkpoint", "split", "value", 
 
 @dataclass(frozen=True)
 class CardResult:
-    """One SUPERB measurement of the exported model (a results CSV row)."""
+    """One SUPERB measurement of the exported model: its results CSV rows of one task, metric and
+    split, one per downstream seed."""
 
     task: str  # asr, pr, qbe
     metric: str  # wer, per, mtwv, mtwv_official
     split: str  # the CSV's split (the recipe's test split)
-    value: float
-    relative_gain_pct: float | None  # vs the run's baseline upstream, as the CSV has it
+    values: tuple[float, ...]  # one per seed, by seed
+    gains: tuple[float | None, ...] = ()  # relative gain vs the baseline system, per seed (None: none)
+    notes: tuple[tuple[str, str], ...] = ()  # what the run recorded beside the rows (PR: its lexicon)
+
+    @property
+    def value(self) -> float:
+        """The mean over seeds (the model-index value)."""
+        return sum(self.values) / len(self.values)
+
+    @property
+    def relative_gain_pct(self) -> float | None:
+        """The mean of the per-seed gains (paired by seed in the CSV); None when a seed has none."""
+        if not self.gains or any(g is None for g in self.gains):
+            return None
+        return sum(self.gains) / len(self.gains)  # type: ignore[arg-type]
 
     def eval_result(self):
         """The model-index entry (``huggingface_hub.EvalResult``)."""
         from huggingface_hub import EvalResult
 
         task_type, task_name, dataset_type, dataset_name, config, split = SUPERB_TASKS[self.task]
+        name = METRIC_NAMES.get(self.metric, self.metric)
+        if len(self.values) > 1:
+            name += f", mean of {len(self.values)} seeds"
         return EvalResult(task_type=task_type, task_name=task_name, dataset_type=dataset_type,
                           dataset_name=dataset_name, dataset_config=config, dataset_split=split,
-                          metric_type=self.metric, metric_name=METRIC_NAMES.get(self.metric, self.metric),
-                          metric_value=self.value)
+                          metric_type=self.metric, metric_name=name, metric_value=self.value)
 
 
 def read_results(csv_path: str | os.PathLike, checkpoint: str | os.PathLike) -> list[CardResult]:
@@ -101,8 +118,8 @@ def read_results(csv_path: str | os.PathLike, checkpoint: str | os.PathLike) -> 
     A row belongs to the checkpoint when its ``checkpoint`` column is the same file (the path the
     runner recorded), or, when no row names that path, when exactly one recorded checkpoint has
     the same file name (the CSV of a run on another machine). Only each task's reported split
-    counts; of repeated measurements (a re-run appends) the last row of each (task, metric, split)
-    is kept.
+    counts. Rows of several downstream seeds (the ``seed`` column) make one result; of repeated
+    rows of one seed the last is kept.
 
     Raises:
         ScoreError: one line naming the CSV and the problem: unreadable, not a results CSV, a bad
@@ -129,21 +146,45 @@ def read_results(csv_path: str | os.PathLike, checkpoint: str | os.PathLike) -> 
     if not same:
         names = ", ".join(sorted(PurePosixPath(c).name for c in recorded)[:5]) or "none"
         raise ScoreError(f"{path}: no SUPERB row of {target.name} (checkpoints in the CSV: {names})")
-    kept: dict[tuple[str, str, str], CardResult] = {}
+    kept: dict[tuple[str, str, str], dict[str, tuple[float, float | None]]] = {}  # -> seed -> (value, gain)
+    notes: dict[tuple[str, str, str], dict[str, str]] = {}
     for number, row in rows:
         recipe = RECIPES.get(row["task"])
         if row["checkpoint"] not in same or row["task"] not in SUPERB_TASKS or recipe is None \
                 or row["split"] != recipe.test_split:
             continue
-        kept[(row["task"], row["metric"], row["split"])] = CardResult(
-            task=row["task"], metric=row["metric"], split=row["split"],
-            value=_number(row["value"], path, number, "value"),
-            relative_gain_pct=_number(row["relative_gain_vs_baseline_%"], path, number, "relative gain")
-            if row["relative_gain_vs_baseline_%"] else None)
+        gain = row["relative_gain_vs_baseline_%"]
+        key = (row["task"], row["metric"], row["split"])
+        kept.setdefault(key, {})[row.get("seed") or ""] = (
+            _number(row["value"], path, number, "value"),
+            _number(gain, path, number, "relative gain") if gain else None)
+        notes.setdefault(key, {}).update(_recorded_detail(row["run_dir"], row["split"]))
     if not kept:
         raise ScoreError(f"{path}: rows of {target.name}, but none on a SUPERB test split")
     order = list(SUPERB_TASKS)
-    return sorted(kept.values(), key=lambda r: (order.index(r.task), r.metric))
+    results = []
+    for (task, metric, split), by_seed in sorted(kept.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        seeds = sorted(by_seed, key=lambda seed: (len(seed), seed))  # numerically, for digit strings
+        results.append(CardResult(task=task, metric=metric, split=split, values=tuple(by_seed[k][0] for k in seeds),
+                                  gains=tuple(by_seed[k][1] for k in seeds),
+                                  notes=tuple(sorted(notes[(task, metric, split)].items()))))
+    return results
+
+
+RECORDED_DETAIL = ("lexicon",)  # what a score stage's detail names that a reader must know (PR: its labels)
+
+
+def _recorded_detail(run_dir: str, split: str) -> dict[str, str]:
+    """The :data:`RECORDED_DETAIL` the runner's score marker beside ``run_dir`` holds
+    (``<unit>/score-<split>.done.json``), when this machine has it; else nothing."""
+    marker = Path(run_dir).parent / f"score-{split}.done.json"
+    try:
+        detail = json.loads(marker.read_text(encoding="utf-8"))["outputs"]["detail"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not isinstance(detail, dict):
+        return {}
+    return {k: strip_paths(detail[k]) for k in RECORDED_DETAIL if isinstance(detail.get(k), str)}
 
 
 def _number(text: str, path: Path, line: int, what: str) -> float:
@@ -346,12 +387,15 @@ def _results(results: Sequence[CardResult]) -> str:
         return ""
     lines = ["## SUPERB results", "",
              "From the `score-s3prl superb` results CSV (stock s3prl recipes; PR at lr 5e-4, QbE on the last layer).",
-             "", "| task | split | metric | value | relative gain vs the run's baseline |", "|---|---|---|---|---|"]
+             "", "| task | split | metric | value (mean) | seeds | per seed | relative gain vs the run's baseline |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
-        gain = "baseline" if r.relative_gain_pct is None else f"{r.relative_gain_pct:+.2f} %"
-        lines.append(f"| {r.task} | {r.split} | {METRIC_NAMES.get(r.metric, r.metric)} | {r.value:.6g} | {gain} |")
-    lines += ["", "Each value is one run (one seed): the gains carry no interval and are no evidence of a "
-                  "difference by themselves.", ""]
+        gain = "-" if r.relative_gain_pct is None else f"{r.relative_gain_pct:+.2f} % (mean over seeds)"
+        per_seed = ", ".join(f"{v:.6g}" for v in r.values)
+        lines.append(f"| {r.task} | {r.split} | {METRIC_NAMES.get(r.metric, r.metric)} | {r.value:.6g} | "
+                     f"{len(r.values)} | {per_seed} | {gain} |")
+    lines += [""] + [f"{r.task} {key}: {value}" for r in results for key, value in r.notes] + [
+        "", "The gains carry no interval here: with few seeds they are no evidence of a difference by themselves.", ""]
     return "\n".join(lines)
 
 

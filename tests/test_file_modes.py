@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from score_s3prl.checkpoint import tiny_hubert_state, write_converted
+from score_s3prl.checkpoints.hubert import tiny_hubert_state, write_converted
 from score_s3prl.fileio import atomic_write_text, current_umask
 
 
@@ -32,15 +32,24 @@ def test_current_umask_reads_the_process_umask(umask):
 
 def test_results_csv_chart_checkpoint_and_text_files_get_the_umask_mode(umask, tmp_path):
     from score_s3prl.superb.lock import run_lock
-    from score_s3prl.superb.results import ResultRow, append_results, plot_gains
+    import dataclasses
+    import json
+
+    from score_s3prl.superb.results import ResultRow, assemble, plot_gains
 
     expected = 0o666 & ~umask
     rows = [ResultRow(task="pr", metric="per", upstream=name, checkpoint="", split="test", value=value,
                       lower_is_better=True, run_dir="r", git_commit="c", config_hash="h", relative_gain_pct=gain)
             for name, value, gain in (("hubert_base", 5.4, None), ("score_hubert", 5.2, 3.7))]
+    # the rows as score stages record them in their run folders, assembled into the CSV twice: the
+    # second write replaces the file, and the new one gets the umask mode too
+    unit = tmp_path / "exp" / "pr" / "x"
+    unit.mkdir(parents=True)
+    (unit / "score-test.done.json").write_text(json.dumps({"outputs": {"rows": [dataclasses.asdict(r) for r in rows]}}))
     csv_path = tmp_path / "results" / "superb_results.csv"
-    append_results(csv_path, rows)
-    append_results(csv_path, rows)  # the append replaces the file: the new one keeps the umask mode
+    assemble(tmp_path / "exp", csv_path)
+    assemble(tmp_path / "exp", csv_path)
+    assert len(csv_path.read_text().splitlines()) == 1 + len(rows)  # replaced, not appended twice
     png = tmp_path / "results" / "superb_gains.png"
     plot_gains(rows, png)
     ckpt = tmp_path / "export.pt"
@@ -67,12 +76,12 @@ def test_the_training_log_plot_and_checkpoints_get_the_umask_mode(umask, tmp_pat
 
 def test_the_exported_model_gets_the_umask_mode(umask, tmp_path):
     pytest.importorskip("transformers")
-    from score_s3prl.export import export_hf
+    from score_s3prl.export import export_model
 
     ckpt = tmp_path / "export.pt"
     write_converted(ckpt, **tiny_hubert_state(seed=0),
                     score={"method": "SCORE", "config": {"init": str(tmp_path / "base.pt")}, "updates": 1})
-    out = export_hf(ckpt, tmp_path / "hf")
+    out = export_model(ckpt, tmp_path / "hf")
     expected = 0o666 & ~umask
     files = sorted(out.iterdir())
     assert {"model.safetensors", "README.md", "score_s3prl.json", "config.json"} <= {p.name for p in files}

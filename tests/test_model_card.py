@@ -4,6 +4,7 @@ huggingface_hub's own parser, SUPERB rows from a results CSV, no machine path in
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -18,27 +19,34 @@ from huggingface_hub import ModelCard  # noqa: E402
 
 from score_s3prl import __version__  # noqa: E402
 from score_s3prl import model_card  # noqa: E402
-from score_s3prl.checkpoint import tiny_hubert_state, write_converted  # noqa: E402
+from score_s3prl.checkpoints.hubert import tiny_hubert_state, write_converted  # noqa: E402
 from score_s3prl.cli import main as cli  # noqa: E402
 from score_s3prl.errors import ScoreError  # noqa: E402
-from score_s3prl.superb.results import ResultRow, append_results  # noqa: E402
+from score_s3prl.superb.results import COLUMNS, ResultRow  # noqa: E402
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "upstream_configs" / "score_tiny.yaml"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def superb_csv(path: Path, checkpoint: str, values: dict[tuple[str, str, str], tuple[float, float]]) -> Path:
-    """A results CSV as the runner writes it: per (task, metric, split), the baseline's row, then
-    ``checkpoint``'s with its gain."""
+def superb_csv(path: Path, checkpoint: str, values: dict[tuple[str, str, str], tuple[float, float]],
+               seed: int | None = 0, run_dir: str = "/runs/x") -> Path:
+    """Rows of a results CSV as the runner writes them (appended, header first): per (task, metric,
+    split), the baseline's row, then ``checkpoint``'s with its gain."""
     rows = []
     for (task, metric, split), (base, ours) in values.items():
         lower = metric != "mtwv"
         gain = (base - ours) / base * 100 if lower else (ours - base) / abs(base) * 100
-        common = dict(task=task, metric=metric, split=split, lower_is_better=lower, run_dir="/runs/x",
-                      git_commit="abc", config_hash="h")
+        common = dict(task=task, metric=metric, split=split, lower_is_better=lower, run_dir=run_dir,
+                      git_commit="abc", config_hash="h", seed=seed if task in ("asr", "pr") else None,
+                      baseline_system="hubert_base")
         rows += [ResultRow(upstream="hubert_base", checkpoint="", value=base, **common),
                  ResultRow(upstream="score_hubert", checkpoint=checkpoint, value=ours, relative_gain_pct=gain, **common)]
-    append_results(path, rows)
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        if new:
+            writer.writerow(COLUMNS)
+        writer.writerows(row.csv_fields() for row in rows)
     return path
 
 
@@ -186,6 +194,25 @@ def test_read_results_keeps_the_checkpoints_test_rows_the_last_of_each(tmp_path)
     assert [(r.task, r.metric, r.split, r.value) for r in rows] == [
         ("asr", "wer", "test-clean", 6.30), ("pr", "per", "test", 5.22), ("qbe", "mtwv", "test", 0.0829)]
     assert rows[1].relative_gain_pct == pytest.approx((5.41 - 5.22) / 5.41 * 100, rel=1e-5)  # 6 digits in the CSV
+
+
+def test_several_seeds_make_one_result_with_their_mean_and_the_run_names_the_lexicon(tmp_path):
+    ckpt = tmp_path / "export.pt"
+    unit = tmp_path / "exp" / "pr" / "score_hubert" / "seed1"
+    unit.mkdir(parents=True)
+    (unit / "score-test.done.json").write_text(json.dumps(
+        {"outputs": {"detail": {"lexicon": "s3prl 0.4.18 g2p: a.txt, b.txt", "per": 5.0}}}))
+    csv_path = superb_csv(tmp_path / "r.csv", str(ckpt), {("pr", "per", "test"): (5.4, 5.2)}, seed=0)
+    superb_csv(csv_path, str(ckpt), {("pr", "per", "test"): (5.6, 5.0)}, seed=1, run_dir=str(unit / "test"))
+    (result,) = model_card.read_results(csv_path, ckpt)
+    assert result.values == (5.2, 5.0) and result.value == pytest.approx(5.1)
+    assert result.relative_gain_pct == pytest.approx(((5.4 - 5.2) / 5.4 + (5.6 - 5.0) / 5.6) * 50, rel=1e-5)
+    assert result.notes == (("lexicon", "s3prl 0.4.18 g2p: a.txt, b.txt"),)
+    card = ModelCard(model_card.card_text(architecture="hubert", score=None, results=[result], model_name="m"))
+    (entry,) = card.data.eval_results
+    assert entry.metric_value == pytest.approx(5.1) and entry.metric_name == "PER (%), mean of 2 seeds"
+    assert "pr lexicon: s3prl 0.4.18 g2p: a.txt, b.txt" in card.text
+    assert "| pr | test | PER (%) | 5.1 | 2 | 5.2, 5 |" in card.text
 
 
 def test_read_results_matches_a_run_of_another_machine_by_file_name(tmp_path):

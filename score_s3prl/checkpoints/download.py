@@ -1,4 +1,4 @@
-"""Downloading checkpoints into s3prl's download cache, safely.
+"""Downloading checkpoints (and the PR lexicon files) into s3prl's download cache, safely.
 
 s3prl's own downloader (``s3prl.util.download``) has no timeout, does not check the HTTP
 status (an error page is cached as the checkpoint and reused), and falls back to
@@ -23,9 +23,9 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from . import __version__
-from .errors import ScoreError
-from .fileio import atomic_open
+from .. import __version__
+from ..errors import ScoreError
+from ..fileio import atomic_open
 
 SCHEMES = ("http", "https", "file")
 TIMEOUT_S = 60.0  # for the connection and for each read: a stalled server fails within this
