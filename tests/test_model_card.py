@@ -302,3 +302,10 @@ def test_a_bad_repo_id_stops_before_the_export(tmp_path, capsys):
     assert cli(["export", str(ckpt), str(tmp_path / "hf"), "--push-to-hub", "not a/repo/id"]) == 2
     assert "--push-to-hub not a/repo/id: not a Hub repository id" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
+
+
+def test_every_named_base_has_its_hub_id_and_licence():
+    """A named base (``--init NAME``) gets base_model and license in the card: a new name needs an entry."""
+    from score_s3prl.checkpoints.bases import BASE_URLS
+
+    assert set(model_card.KNOWN_BASES) == set(BASE_URLS)
