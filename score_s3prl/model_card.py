@@ -174,9 +174,11 @@ def read_results(csv_path: str | os.PathLike, checkpoint: str | os.PathLike) -> 
 RECORDED_DETAIL = ("lexicon",)  # what a score stage's detail names that a reader must know (PR: its labels)
 
 
-def _recorded_detail(run_dir: str, split: str) -> dict[str, str]:
+def _recorded_detail(run_dir: str | None, split: str) -> dict[str, str]:
     """The :data:`RECORDED_DETAIL` the runner's score marker beside ``run_dir`` holds
     (``<unit>/score-<split>.done.json``), when this machine has it; else nothing."""
+    if not run_dir:
+        return {}
     marker = Path(run_dir).parent / f"score-{split}.done.json"
     try:
         detail = json.loads(marker.read_text(encoding="utf-8"))["outputs"]["detail"]
@@ -187,10 +189,10 @@ def _recorded_detail(run_dir: str, split: str) -> dict[str, str]:
     return {k: strip_paths(detail[k]) for k in RECORDED_DETAIL if isinstance(detail.get(k), str)}
 
 
-def _number(text: str, path: Path, line: int, what: str) -> float:
+def _number(text: str | None, path: Path, line: int, what: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # None: a short row
         value = math.nan
     if not math.isfinite(value):
         raise ScoreError(f"{path}:{line}: {what} {text!r} is not a finite number")

@@ -228,6 +228,8 @@ def test_read_results_matches_a_run_of_another_machine_by_file_name(tmp_path):
      "pr,per,x,/e/other.pt,test,5.0,\n", "no SUPERB row of export.pt .checkpoints in the CSV: other.pt"),
     ("task,metric,upstream,checkpoint,split,value,relative_gain_vs_baseline_%\n"
      "qbe,mtwv,x,/e/export.pt,dev-layer3,0.1,\n", "none on a SUPERB test split"),
+    ("task,metric,upstream,checkpoint,split,value,relative_gain_vs_baseline_%\n"
+     "pr,per,x,/e/export.pt,test\n", r"r.csv:2: value None is not a finite number"),  # a short row
 ])
 def test_a_bad_results_csv_is_one_error_naming_it(tmp_path, content, problem):
     (tmp_path / "r.csv").write_text(content)
