@@ -416,7 +416,7 @@ def setup(cfg: TrainConfig) -> Run:
     base_state, base_identity = load_base_state(cfg.init)
     model = ScoreModel(base_state, **vars(cfg.model), method=cfg.method, gamma=cfg.loss.gamma,
                        bandwidth=cfg.loss.bandwidth, alpha=cfg.loss.alpha, sigma=cfg.loss.sigma,
-                       margin=cfg.loss.margin)
+                       margin=cfg.loss.margin, view_batching=cfg.laser.view_batching)
     check_min_seconds(cfg, model.student)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
