@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from score_s3prl.checkpoint import TINY_CONV_LAYERS, build_base, random_hubert_state, write_converted, write_wavlm
+from score_s3prl.checkpoints import build_base
+from score_s3prl.checkpoints.common import TINY_CONV_LAYERS
+from score_s3prl.checkpoints.hubert import random_hubert_state, write_converted
+from score_s3prl.checkpoints.wavlm import write_wavlm
 from score_s3prl.config import load_config
 from score_s3prl.model import last_layer_features
 from score_s3prl.train import train

@@ -16,8 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from score_s3prl.checkpoint import random_hubert_state, tiny_wavlm_state, write_converted, write_wavlm
-from score_s3prl.checkpoint import TINY_CONV_LAYERS
+from score_s3prl.checkpoints.common import TINY_CONV_LAYERS
+from score_s3prl.checkpoints.hubert import random_hubert_state, write_converted
+from score_s3prl.checkpoints.wavlm import tiny_wavlm_state, write_wavlm
 from score_s3prl.config import config_hash, load_config
 from score_s3prl.errors import ScoreError
 from score_s3prl.model import ScoreModel, conv_frame_lengths, last_layer_features, paired_view_features
