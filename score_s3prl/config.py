@@ -119,7 +119,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     seed: NonNegativeInt = 0  # seeds model head, batch order, crops and views: same seed, same run
-    init: NonEmptyStr | None = "hubert_base"  # base: hubert_base | converted .pt | fairseq .pt | HF directory
+    init: NonEmptyStr | None = "hubert_base"  # base: a name in checkpoints.bases.BASE_URLS | converted .pt | fairseq .pt | HF directory
     out: NonEmptyStr = "exp/score_hubert_base"  # run directory: checkpoints, logs, TensorBoard, export
     device: Device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     method: Literal["score", "laser"] = "score"  # score: frozen teacher; laser: both views through the student + regulariser

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from score_s3prl.checkpoints import build_base
+from score_s3prl.checkpoints.bases import BASE_URLS
 from score_s3prl.checkpoints.common import TINY_CONV_LAYERS
 from score_s3prl.checkpoints.hubert import random_hubert_state, write_converted
 from score_s3prl.checkpoints.wavlm import write_wavlm
@@ -70,6 +71,7 @@ def test_large_configs_state_the_large_choices():
         cfg = load_config(path)
         base = load_config(REPO / "upstream_configs" / f"score_{arch}_base.yaml")
         assert cfg.init == {"hubert": "hubert_large_ll60k", "wavlm": "wavlm_large"}[arch]
+        assert cfg.init in BASE_URLS  # a named base: --init downloads it, `score-s3prl fetch` caches it
         assert cfg.model.trainable_layers == 4 and cfg.model.train_final_norm
         # everything else is the Base recipe
         differ = {key for key in ("views", "loss", "laser", "optim", "data")
