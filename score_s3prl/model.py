@@ -71,8 +71,8 @@ __all__ = [
     "downsample_rate",
     "encode_cnn_frames",
     "last_layer_features",
-    "paired_view_features",
     "load_base_state",
+    "paired_view_features",
     "student_state_for_export",
     "trainable_summary",
 ]
