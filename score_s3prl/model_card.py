@@ -35,25 +35,41 @@ class KnownBase:
     hub_id: str  # the transformers port on the Hub (base_model)
     license: str  # Hub licence identifier of the released weights
     license_source: str  # where the release states it
-    pretraining_data: str  # Hub dataset id of the pre-training audio
+    pretraining_data: str | None  # Hub dataset id of the pre-training audio (None: none on the Hub)
     name: str  # for the card's text
 
 
-# The weights s3prl's hubert_base / wavlm_base download are conversions of the original releases:
-# fairseq's hubert_base_ls960.pt (examples/hubert) and microsoft/unilm's WavLM-Base.pt. Both
-# repositories are MIT licensed. (The Hub card of the transformers port facebook/hubert-base-ls960
-# declares apache-2.0; the card names the release the weights come from.)
+# The weights s3prl's named HuBERT / WavLM bases download are conversions of the original releases:
+# fairseq's hubert_base_ls960.pt / hubert_large_ll60k.pt (examples/hubert) and microsoft/unilm's
+# WavLM-Base.pt, WavLM-Base+.pt, WavLM-Large.pt. Both repositories are MIT licensed. (The Hub card of
+# the transformers port facebook/hubert-base-ls960 declares apache-2.0; the card names the release
+# the weights come from.) Keys: names of checkpoints.bases.BASE_URLS. A named base not listed here
+# (contentvec, robust or multilingual HuBERTs, ...) gets no base_model nor licence: give them.
+_FAIRSEQ = ("fairseq's LICENSE (MIT), the repository that released {} (examples/hubert), which s3prl's "
+            "{} converts")
+_UNILM = ("microsoft/unilm's LICENSE (MIT), which wavlm/README.md names as the project's licence; it "
+          "released {}, which s3prl's {} converts")
+_HUBERT_BASE = KnownBase(hub_id="facebook/hubert-base-ls960", license="mit",
+                         license_source=_FAIRSEQ.format("hubert_base_ls960.pt", "hubert_base"),
+                         pretraining_data="openslr/librispeech_asr", name="HuBERT Base (LibriSpeech 960 h)")
+_WAVLM_BASE_PLUS = KnownBase(hub_id="microsoft/wavlm-base-plus", license="mit",
+                             license_source=_UNILM.format("WavLM-Base+.pt", "wavlm_base_plus"), pretraining_data=None,
+                             name="WavLM Base+ (Libri-Light, GigaSpeech, VoxPopuli: 94k h)")
 KNOWN_BASES: dict[str, KnownBase] = {
-    "hubert_base": KnownBase(
-        hub_id="facebook/hubert-base-ls960", license="mit",
-        license_source="fairseq's LICENSE (MIT), the repository that released hubert_base_ls960.pt "
-                       "(examples/hubert), which s3prl's hubert_base converts",
-        pretraining_data="openslr/librispeech_asr", name="HuBERT Base (LibriSpeech 960 h)"),
+    "hubert": _HUBERT_BASE,  # s3prl's default HuBERT
+    "hubert_base": _HUBERT_BASE,
+    "hubert_large_ll60k": KnownBase(
+        hub_id="facebook/hubert-large-ll60k", license="mit",
+        license_source=_FAIRSEQ.format("hubert_large_ll60k.pt", "hubert_large_ll60k"), pretraining_data=None,
+        name="HuBERT Large (Libri-Light 60k h)"),
+    "wavlm": _WAVLM_BASE_PLUS,  # s3prl's default WavLM
     "wavlm_base": KnownBase(
-        hub_id="microsoft/wavlm-base", license="mit",
-        license_source="microsoft/unilm's LICENSE (MIT); wavlm/README.md: the project is licensed under "
-                       "that file",
+        hub_id="microsoft/wavlm-base", license="mit", license_source=_UNILM.format("WavLM-Base.pt", "wavlm_base"),
         pretraining_data="openslr/librispeech_asr", name="WavLM Base (LibriSpeech 960 h)"),
+    "wavlm_base_plus": _WAVLM_BASE_PLUS,
+    "wavlm_large": KnownBase(
+        hub_id="microsoft/wavlm-large", license="mit", license_source=_UNILM.format("WavLM-Large.pt", "wavlm_large"),
+        pretraining_data=None, name="WavLM Large (Libri-Light, GigaSpeech, VoxPopuli: 94k h)"),
 }
 LIBRISPEECH = "openslr/librispeech_asr"  # Hub dataset id
 LIBRISPEECH_SPLITS = ("train-clean-100", "train-clean-360", "train-other-500", "dev-clean", "dev-other",

@@ -306,8 +306,13 @@ def test_a_bad_repo_id_stops_before_the_export(tmp_path, capsys):
     assert not (tmp_path / "hf").exists()
 
 
-def test_every_named_base_has_its_hub_id_and_licence():
-    """A named base (``--init NAME``) gets base_model and license in the card: a new name needs an entry."""
+def test_the_known_bases_are_named_bases_and_others_get_no_licence(tmp_path):
     from score_s3prl.checkpoints.bases import BASE_URLS
 
-    assert set(model_card.KNOWN_BASES) == set(BASE_URLS)
+    assert set(model_card.KNOWN_BASES) <= set(BASE_URLS)
+    assert {"hubert_base", "wavlm_base", "hubert_large_ll60k", "wavlm_base_plus", "wavlm_large"} <= set(
+        model_card.KNOWN_BASES)
+    record = record_with_paths(tmp_path, base=f"contentvec sha256:{'c' * 64}")  # named, licence not known here
+    card = ModelCard(model_card.card_text(architecture="hubert", score=record, model_name="m"))
+    assert card.data.base_model is None and card.data.license is None
+    assert "No licence is declared" in card.text
