@@ -1,4 +1,4 @@
-"""Downloading checkpoints into s3prl's download cache, safely.
+"""Downloading checkpoints (and the PR lexicon files) into s3prl's download cache, safely.
 
 s3prl's own downloader (``s3prl.util.download``) has no timeout, does not check the HTTP
 status (an error page is cached as the checkpoint and reused), and falls back to
@@ -57,6 +57,7 @@ def fetch(
     timeout: float | None = None,
     deadline: float | None = None,
     max_bytes: int | None = None,
+    what: str = "checkpoint",
 ) -> Path:
     """The cached file of ``url``, downloaded first if absent, refused or ``refresh``.
 
@@ -68,14 +69,15 @@ def fetch(
             not done within ``deadline``, larger than ``max_bytes``, a redirect to another
             scheme, an HTTP error status, a truncated body, or a file ``validate`` refuses.
     ``timeout`` defaults to :data:`TIMEOUT_S` (seconds, for connecting and for each read),
-    ``deadline`` to :data:`DEADLINE_S` (seconds, the whole download), ``max_bytes`` to :data:`MAX_BYTES`.
+    ``deadline`` to :data:`DEADLINE_S` (seconds, the whole download), ``max_bytes`` to
+    :data:`MAX_BYTES`; ``what`` names the file in the messages ("checkpoint", "lexicon").
     """
     timeout = TIMEOUT_S if timeout is None else timeout
     deadline = DEADLINE_S if deadline is None else deadline
     max_bytes = MAX_BYTES if max_bytes is None else max_bytes
     scheme = urllib.parse.urlparse(url).scheme.lower()
     if scheme not in SCHEMES:
-        raise DownloadError(f"{url}: cannot download checkpoint (URL scheme {scheme or 'missing'!r}; "
+        raise DownloadError(f"{url}: cannot download {what} (URL scheme {scheme or 'missing'!r}; "
                             f"expected {', '.join(SCHEMES)})")
     dest = cache_path(url)
     if dest.is_file() and not refresh:
@@ -88,18 +90,18 @@ def fetch(
     try:
         _download(url, dest, validate, timeout, deadline, max_bytes)
     except ScoreError as exc:
-        raise DownloadError(f"{url}: cannot download checkpoint ({exc}); nothing was cached") from exc
+        raise DownloadError(f"{url}: cannot download {what} ({exc}); nothing was cached") from exc
     except (socket.timeout, TimeoutError):
-        raise DownloadError(f"{url}: cannot download checkpoint (no answer within {timeout:g} s)") from None
+        raise DownloadError(f"{url}: cannot download {what} (no answer within {timeout:g} s)") from None
     except urllib.error.HTTPError as exc:
-        raise DownloadError(f"{url}: cannot download checkpoint (HTTP {exc.code} {exc.reason})") from None
+        raise DownloadError(f"{url}: cannot download {what} (HTTP {exc.code} {exc.reason})") from None
     except urllib.error.URLError as exc:
         reason = exc.reason.strerror if isinstance(exc.reason, OSError) and exc.reason.strerror else exc.reason
         if isinstance(exc.reason, (socket.timeout, TimeoutError)):
             reason = f"no answer within {timeout:g} s"
-        raise DownloadError(f"{url}: cannot download checkpoint ({reason})") from None
+        raise DownloadError(f"{url}: cannot download {what} ({reason})") from None
     except (OSError, ValueError) as exc:
-        raise DownloadError(f"{url}: cannot download checkpoint ({exc})") from None
+        raise DownloadError(f"{url}: cannot download {what} ({exc})") from None
     return dest
 
 
