@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from score_s3prl.errors import ScoreError
+from score_s3prl.fileio import read_utf8
 from score_s3prl.corpora import audio_frames, split_files, transcripts
 
 
@@ -40,17 +41,16 @@ def read_lexicon(paths: Sequence[str | os.PathLike], tokenizer: Any) -> dict[str
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ScoreError(f"{path}: lexicon file not found")
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                word, *phones = line.split()
-                if not phones:
-                    raise ScoreError(f"{path}:{number}: lexicon line has a word but no phones")
-                unknown = [p for p in phones if tokenizer.vocab_to_idx(p) == tokenizer.unk_idx]
-                if unknown:
-                    raise ScoreError(f"{path}:{number}: phone {unknown[0]!r} is not in the phone vocabulary")
-                lexicon.setdefault(word, phones)
+        for number, line in enumerate(read_utf8(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            word, *phones = line.split()
+            if not phones:
+                raise ScoreError(f"{path}:{number}: lexicon line has a word but no phones")
+            unknown = [p for p in phones if tokenizer.vocab_to_idx(p) == tokenizer.unk_idx]
+            if unknown:
+                raise ScoreError(f"{path}:{number}: phone {unknown[0]!r} is not in the phone vocabulary")
+            lexicon.setdefault(word, phones)
     return lexicon
 
 

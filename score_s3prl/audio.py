@@ -45,7 +45,7 @@ def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
         (waveform, sample_rate): float32 tensor of shape (channels, frames) in [-1, 1] and
         the file's sample rate in Hz (torchaudio.load's contract).
     Raises:
-        AudioError: the file is missing, unreadable or holds no samples.
+        AudioError: the file is missing, unreadable, holds no samples or NaN/infinite ones.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -56,6 +56,9 @@ def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
         raise AudioError(f"{path}: cannot decode audio ({exc})") from exc
     if data.shape[0] == 0:
         raise AudioError(f"{path}: audio file holds no samples")
+    if not np.isfinite(data).all():  # a float WAV can: every loss and gradient would be NaN
+        bad = int(np.flatnonzero(~np.isfinite(data).all(axis=1))[0])
+        raise AudioError(f"{path}: holds NaN or infinite samples (the first at sample {bad})")
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate)
 
 

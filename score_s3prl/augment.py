@@ -111,7 +111,8 @@ class CorrespondenceViews(nn.Module):
         if not speed_factors or not semitones:
             raise ScoreError("speed_factors and semitones must each list at least one value")
         _check_ratios([float(f) for f in speed_factors], "speed_factors")
-        _check_ratios([2.0 ** (s / 12.0) for s in semitones], "pitch ratios 2**(semitones/12)")
+        # in the log domain: 2**(1e300/12) would overflow before the range check
+        _check_ratios([2.0 ** max(-64.0, min(64.0, s / 12.0)) for s in semitones], "pitch ratios 2**(semitones/12)")
         if not 0.0 <= swap_prob <= 1.0:
             raise ScoreError(f"swap_prob must lie in [0, 1], got {swap_prob}")
         self.speed_factors = [float(f) for f in speed_factors]

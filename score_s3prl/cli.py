@@ -1,7 +1,8 @@
 """``score-s3prl``: one console entry, one subcommand per job.
 
 Each subcommand lives in its own module as ``main(argv) -> int``; this file only dispatches,
-checks that torch and torchaudio load (:mod:`score_s3prl.stack`), and turns a
+checks that torch and torchaudio load (:mod:`score_s3prl.stack`), runs every command under
+one load guard (:func:`~score_s3prl.checkpoints.safeload.weights_only_torch_load`), and turns a
 :class:`~score_s3prl.errors.ScoreError` into one ``error: ...`` line.
 """
 
@@ -43,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         require_loadable()  # before any import of torchaudio: one line, not a traceback
+        from .checkpoints.safeload import weights_only_torch_load
+
         module = importlib.import_module(SUBCOMMANDS[name][0])
-        return int(module.main(rest) or 0)
+        with weights_only_torch_load():  # no loader of any command unpickles freely, ours or stock
+            return int(module.main(rest) or 0)
     except ScoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -43,28 +43,33 @@ NonNegativeFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")]
+# numpy's seed range; the per-update seeds derived from it (train.update_seed) then fit torch's
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+# augment.MIN_RATIO: speed factors and pitch ratios 2**(semitones/12) within [0.1, 10]
+SpeedFactor = Annotated[float, Field(ge=0.1, le=10.0)]
+Semitones = Annotated[float, Field(ge=-39.8, le=39.8)]
 
 
 @dataclass
 class DataConfig:
     # whole: whole utterances one per forward pass in a random order, as the official code
-    # (batch_size, batch_seconds, crop_seconds unused); crops: length-bucketed batches of
-    # crops, faster (deviation from the official code)
+    # (batch_size, crop_seconds unused; a file longer than batch_seconds is refused before
+    # training); crops: length-bucketed batches of crops, faster (deviation from the official code)
     mode: Literal["whole", "crops"] = "whole"
     root: NonEmptyStr | None = None  # LibriSpeech root holding the subsets (or use `manifest`)
     subsets: Annotated[list[NonEmptyStr], Field(min_length=1)] = field(default_factory=lambda: ["train-clean-100"])  # subsets under root
     manifest: NonEmptyStr | None = None  # TSV of `path<TAB>num_samples` used instead of root/subsets
     cache_dir: NonEmptyStr | None = None  # where the file scan is cached (default: <out>/cache)
     batch_size: PositiveInt = 8  # utterances per forward pass at most
-    batch_seconds: PositiveFloat = 160.0  # padded seconds per forward pass (>= batch_size x crop_seconds: exact updates)
+    batch_seconds: PositiveFloat = 160.0  # padded seconds per forward pass (>= batch_size x crop_seconds: exact updates; whole mode: the longest file)
     crop_seconds: PositiveFloat = 20.0  # longer utterances are randomly cropped to this
     min_seconds: NonNegativeFloat = 1.0  # shorter utterances are skipped and counted
 
 
 @dataclass
 class ViewsConfig:
-    speed_factors: Annotated[list[PositiveFloat], Field(min_length=1)] = field(default_factory=lambda: [0.9, 1.0, 1.1])  # speed perturbation
-    semitones: Annotated[list[float], Field(min_length=1)] = field(default_factory=lambda: [-2.0, 2.0])  # pitch shift, equal odds
+    speed_factors: Annotated[list[SpeedFactor], Field(min_length=1)] = field(default_factory=lambda: [0.9, 1.0, 1.1])  # speed perturbation
+    semitones: Annotated[list[Semitones], Field(min_length=1)] = field(default_factory=lambda: [-2.0, 2.0])  # pitch shift, equal odds
     swap_prob: Probability = 0.5  # chance that the perturbed view goes to the student branch
 
 
@@ -118,7 +123,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    seed: NonNegativeInt = 0  # seeds model head, batch order, crops and views: same seed, same run
+    seed: Seed = 0  # seeds model head, batch order, crops and views: same seed, same run
     init: NonEmptyStr | None = "hubert_base"  # base: a name in checkpoints.bases.BASE_URLS | converted .pt | fairseq .pt | HF directory
     out: NonEmptyStr = "exp/score_hubert_base"  # run directory: checkpoints, logs, TensorBoard, export
     device: Device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
@@ -139,7 +144,22 @@ class TrainConfig:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading ``1e-5`` / ``3E4`` (no dot) as floats, as YAML 1.2 does."""
+    """PyYAML's safe loader, reading ``1e-5`` / ``3E4`` (no dot) as floats, as YAML 1.2 does,
+    and refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # a merge (<<) may be overridden; a complex key is PyYAML's to refuse
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} on line {line} (first on line {seen[key]})",
+                    key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.add_implicit_resolver(

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .audio import SAMPLE_RATE, AudioError, audio_info
 from .errors import ScoreError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_utf8
 
 AUDIO_SUFFIXES = (".flac", ".wav")  # what a LibriSpeech-layout corpus may hold
 SPLITS = ("train-clean-100", "dev-clean", "test-clean")
@@ -101,7 +101,7 @@ def transcripts(files: Iterable[Path]) -> dict[str, list[str]]:
         if trans not in read:
             if not trans.is_file():
                 raise ScoreError(f"{trans}: transcript file not found (needed for {audio.name})")
-            for line in trans.read_text(encoding="utf-8").splitlines():
+            for line in read_utf8(trans).splitlines():
                 if line.strip():
                     utt_id, *text = line.split()
                     words[utt_id] = text
@@ -197,7 +197,7 @@ def language_key(root: Path, name: str) -> list[Path]:
     if not path.is_file():
         raise ScoreError(f"{path}: QUESST 2014 list not found (is {root} a quesst14Database folder?)")
     files = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue

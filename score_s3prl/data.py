@@ -32,7 +32,7 @@ import torch
 from .audio import SAMPLE_RATE, AudioError, audio_info, load_audio
 from .corpora import list_audio
 from .errors import ScoreError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_utf8
 
 # Header probes are I/O bound (network file systems): a few threads hide the latency.
 PROBE_THREADS = 8
@@ -121,7 +121,7 @@ def read_manifest(tsv: str | os.PathLike) -> list[Utterance]:
         raise ScoreError(f"{tsv}: manifest not found")
     base = tsv.resolve().parent
     entries = []
-    for number, line in enumerate(tsv.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(tsv).splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
         fields = line.split("\t")

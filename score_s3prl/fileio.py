@@ -11,6 +11,8 @@ from typing import IO, Any, Callable, Iterator
 
 import torch
 
+from .errors import ScoreError
+
 
 @contextlib.contextmanager
 def atomic_open(
@@ -128,3 +130,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """The text of ``path``, which must be UTF-8 (ASCII is): a transcript, lexicon, list or
+    manifest from a user.
+
+    Raises:
+        ScoreError: naming the file, the line and column of the first byte that is not UTF-8
+            (e.g. a Latin-1 ``\\xe9``) and how to convert it, instead of a UnicodeDecodeError.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ScoreError(f"{path}:{line}: byte 0x{data[exc.start]:02x} at column {column} is not UTF-8; "
+                         "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None

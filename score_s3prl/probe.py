@@ -397,9 +397,12 @@ def load_upstream(name: str, checkpoint: str = "", device: str | torch.device = 
     Any failure (unknown entry, missing or unreadable checkpoint, a download that cannot
     happen) is one :class:`ScoreError` naming the entry and the file.
     """
+    from .checkpoints.safeload import weights_only_torch_load
+
     entry = check_upstream(name, checkpoint)
     try:
-        model = entry(ckpt=checkpoint) if checkpoint else entry()
+        with weights_only_torch_load():  # stock entries' own loads too (some ask weights_only=False)
+            model = entry(ckpt=checkpoint) if checkpoint else entry()
     except ScoreError:
         raise
     except Exception as exc:  # stock entries raise anything: pickle, KeyError, OSError, ...

@@ -8,7 +8,11 @@ handing them to s3prl's ``main`` this
 3. supplies the recipes the registry's s3prl lacks (:mod:`score_s3prl.recipes`): ``-d asr``,
    ``-d ctc`` and ``-d quesst14_dtw`` get our config when no ``-c`` is given, relative asset
    paths resolve against the config's folder (any working directory works), and data paths
-   are checked after ``-o`` with errors that name the config key and how to set it.
+   are checked after ``-o`` with errors that name the config key and how to set it;
+4. checks every value s3prl would ``eval()``, import, download or write to against an allow-list
+   (:mod:`score_s3prl.s3prl_guard`): a ``-e`` checkpoint's saved args and config as it loads,
+   ``-c`` read as plain YAML, ``-o`` read as literals, and the final run. Only the recipes'
+   downstreams run.
 
 Example::
 
@@ -20,6 +24,7 @@ Also runs as ``python -m score_s3prl.run_downstream ARGS``.
 
 from __future__ import annotations
 
+import builtins
 import sys
 
 from .errors import ScoreError
@@ -36,7 +41,7 @@ from .stack import require_loadable  # noqa: E402
 
 require_loadable()  # imported as a library: stop before compat/hub import torchaudio
 
-from . import compat, hub, recipes  # noqa: E402
+from . import compat, hub, recipes, s3prl_guard  # noqa: E402
 
 
 def _one_line(exc: ScoreError) -> ScoreError:
@@ -59,13 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     compat.apply()
     hub.register()
     recipes.install()
+    s3prl_guard.check_past_exp(argv)
+    user_args = s3prl_guard.user_args(argv)  # what -o sets wins over a checkpoint's saved args
     from s3prl import run_downstream as stock
 
     stock_args = stock.get_downstream_args
 
     def get_downstream_args():
-        # s3prl reads -c and applies -o here; our paths are resolved and checked right after.
-        args, config, backup_files = stock_args()
+        # s3prl reads -c and -e and applies -o here (a -e checkpoint's args and config are
+        # checked as it loads); the whole run is checked and our paths resolved right after.
+        with weights_only_torch_load(inspect=s3prl_guard.saved_state_check(user_args)):
+            args, config, backup_files = stock_args()
+        s3prl_guard.check_run(args, config)
         recipes.prepare_config(args, config)
         return args, config, backup_files
 
@@ -82,9 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         return writers[-1]
 
     saved_argv = sys.argv
+    # s3prl's main wraps builtins.isinstance (hack_isinstance) and never unwraps it: each wrapper
+    # calls the one below twice, so runs in one process grew exponentially slower
+    saved_isinstance = builtins.isinstance
     sys.argv = [stock.__file__, *recipes.with_default_config(argv)]
     stock.get_downstream_args = get_downstream_args
     stock_runner.SummaryWriter = tracked_writer
+    # s3prl eval()s every -o value and reads -c with yaml's FullLoader: literals and plain YAML here
+    stock_override, stock_yaml = stock.override, stock.yaml
+    stock.override, stock.yaml = s3prl_guard.literal_override, s3prl_guard.SAFE_YAML
     try:
         # s3prl loads -e/-i states and some upstream checkpoints with a bare torch.load:
         # weights only, and a refused file is one error line (score_s3prl.checkpoints.safeload)
@@ -97,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         raise clean from exc
     finally:
         sys.argv = saved_argv
+        builtins.isinstance = saved_isinstance
         stock.get_downstream_args = stock_args
         stock_runner.SummaryWriter = writer_class
+        stock.override, stock.yaml = stock_override, stock_yaml
         for writer in writers:
             writer.close()
     return 0

@@ -31,6 +31,12 @@ COMPILED = ("torch", "torchaudio")
 
 _checked = False
 
+# What the dynamic loader says when mmap is refused for lack of address space (ulimit -v, a job's
+# memory limit): the libraries are fine, the process may not map them.
+_OUT_OF_MEMORY = ("failed to map segment", "cannot allocate memory", "out of memory")
+# Address space the import of torch 2.11 + torchaudio took (measured with ulimit -v: 3.0 GB failed, 3.5 GB loaded)
+IMPORT_ADDRESS_SPACE_GB = 3.5
+
 
 class StackError(ScoreError):
     """An installed compiled dependency cannot be loaded in this environment."""
@@ -61,6 +67,16 @@ def _root_cause(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def _address_space_limit() -> str:
+    """This process's address-space limit in words (``ulimit -v``), or "a memory limit"."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return "a memory limit (cgroup or job)"
+    return f"an address-space limit of {soft / 1e9:.1f} GB (ulimit -v)"
+
+
 def require_loadable() -> None:
     """Import torch and torchaudio; on failure raise one :class:`StackError` line.
 
@@ -68,7 +84,8 @@ def require_loadable() -> None:
 
     Raises:
         StackError: naming the module that failed, why (the loader's first line), the installed
-            torch and torchaudio versions, and the pip command that fixes the pair.
+            torch and torchaudio versions, and the pip command that fixes the pair; or, when the
+            loader ran out of address space (a memory limit), that limit instead of the versions.
     """
     global _checked
     if _checked:
@@ -76,10 +93,17 @@ def require_loadable() -> None:
     for module in COMPILED:
         try:
             importlib.import_module(module)
-        except (ImportError, OSError, RuntimeError) as exc:  # what a broken shared library raises
+        except (ImportError, OSError, RuntimeError, MemoryError) as exc:  # what a broken shared library raises
+            cause = _root_cause(exc)
+            if isinstance(exc, MemoryError) or any(text in cause.lower() for text in _OUT_OF_MEMORY):
+                raise StackError(
+                    f"{module} cannot be loaded: out of memory while mapping its libraries ({cause}); this "
+                    f"process runs under {_address_space_limit()}: allow more (importing torch and "
+                    f"torchaudio took about {IMPORT_ADDRESS_SPACE_GB:g} GB of address space when measured)"
+                ) from None
             torch_version = installed_version("torch")
             raise StackError(
-                f"{module} cannot be loaded ({_root_cause(exc)}); installed: torch {torch_version}, "
+                f"{module} cannot be loaded ({cause}); installed: torch {torch_version}, "
                 f"torchaudio {installed_version('torchaudio')}; fix: {fix_command(torch_version)}"
             ) from None
     _checked = True

@@ -13,13 +13,17 @@ between their projected last-layer frames (LASER: plus its temporal regulariser)
                        (score_wavlm.pt for a WavLM base: the format ``wavlm_local`` reads)
 
 Re-running with the same ``out`` resumes from ``train_state.pt``. SIGINT/SIGTERM save the
-state at the next update boundary before exiting, so a pre-empted job loses nothing.
+state at the next update boundary before exiting, so a pre-empted job loses nothing. One run
+holds ``out`` at a time (:mod:`score_s3prl.runlock`), and a base model (``init``) that is one of
+the files the run writes is refused before any work.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -43,6 +47,7 @@ from .checkpoints.hubert import write_converted
 from .config import TrainConfig, config_dict, config_hash, load_config
 from .errors import ArgumentParser, ScoreError
 from .fileio import atomic_open, atomic_torch_save, remove_stale_temps
+from .runlock import run_lock
 
 SAMPLE_RATE = 16000
 STATE_FILE = "train_state.pt"
@@ -151,6 +156,41 @@ def check_min_seconds(cfg: TrainConfig, hubert) -> None:
         )
 
 
+def check_init_is_not_written(cfg: TrainConfig) -> None:
+    """Refuse an ``init`` that resolves to a file (or into a folder) this run writes: the export
+    would replace its own base, and the resume check would then refuse the run for good."""
+    from .checkpoints.bases import BASE_URLS
+
+    if not cfg.init or cfg.init in BASE_URLS:  # a named base: downloaded into s3prl's cache
+        return
+    out = Path(cfg.out)
+    written = [out / name for name in (STATE_FILE, LOG_FILE, "loss.png", *EXPORT_FILES.values())]
+    folders = [out / "tensorboard", Path(cfg.data.cache_dir or out / "cache")]
+    init = Path(cfg.init).resolve()
+    hit = next((p for p in written if p.resolve() == init), None)
+    hit = hit or next((f for f in folders if init.is_relative_to(f.resolve())), None)
+    if hit is not None:
+        raise ScoreError(f"init {cfg.init}: this run writes {hit} (out {cfg.out}), so it would overwrite its "
+                         "own base model; copy the base elsewhere or use another --out")
+
+
+def check_whole_lengths(cfg: TrainConfig, utterances: list, plan) -> None:
+    """In whole mode an utterance is one forward pass, uncropped, and the soft-DTW and attention
+    memory grow with its length squared: refuse one longer than ``data.batch_seconds`` (read
+    from the headers, before any audio is loaded) instead of dying in the allocation."""
+    if not len(plan.lengths):
+        return
+    longest = int(plan.lengths.argmax())
+    if plan.lengths[longest] > plan.budget:
+        path = utterances[int(plan.indices[longest])].path
+        raise ScoreError(
+            f"{path}: {plan.lengths[longest] / SAMPLE_RATE:.1f} s is longer than data.batch_seconds = "
+            f"{cfg.data.batch_seconds:g} s, the most audio one forward pass takes; in whole mode an utterance is "
+            "not cropped and memory grows with its length squared: use data.mode=crops, raise "
+            "data.batch_seconds, or leave the file out"
+        )
+
+
 def load_utterances(cfg: TrainConfig, out: Path):
     from .data import read_manifest, scan_librispeech
 
@@ -215,9 +255,11 @@ def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = 
     start_over = f"to start over, delete {path.parent} or use a new --out"
     state = load_checkpoint(path, "training state")
     try:
+        if not isinstance(state, dict):
+            raise TypeError(f"a {type(state).__name__}, not a dict")
         trainable, saved_hash, saved_base = state["trainable"], state["config_hash"], state.get("base_sha256")
-        position = Position(**state["position"])
-    except (KeyError, TypeError) as exc:
+        position = checked_position(state["position"], cfg)
+    except (KeyError, TypeError, ValueError) as exc:
         raise ScoreError(f"{path}: not a training state of this program ({type(exc).__name__}: {exc}); "
                          f"{start_over}") from exc
     if saved_base != base_sha256:
@@ -237,6 +279,9 @@ def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = 
     ):
         raise ScoreError(f"{path}: its trainable weights do not fit this model (names or shapes differ); "
                          f"{start_over}")
+    if not all(torch.isfinite(value).all() for value in trainable.values()):
+        raise ScoreError(f"{path}: its trainable weights hold NaN or inf; {start_over}")
+    fresh_groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     try:
         with torch.no_grad():
             for name, value in trainable.items():
@@ -245,7 +290,61 @@ def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = 
         scheduler.load_state_dict(state["scheduler"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ScoreError(f"{path}: unreadable optimiser or scheduler state ({exc}); {start_over}") from exc
+    problem = restored_problem(optimizer, scheduler, fresh_groups, position)
+    if problem:
+        raise ScoreError(f"{path}: {problem}; {start_over}")
     return position
+
+
+def checked_position(values, cfg) -> Position:
+    """A :class:`Position` from a state file's plain values, each of its type and range.
+
+    Raises:
+        TypeError, ValueError: naming the field and the value.
+    """
+    fields = {f.name: f for f in dataclasses.fields(Position)}
+    if not isinstance(values, dict) or not set(values) <= set(fields):
+        raise TypeError(f"position {values!r:.80}: expected the fields {', '.join(fields)}")
+    for name, value in values.items():
+        if name == "audio_seconds":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        elif name == "unreadable":
+            ok = isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                 for i in value)
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        if not ok:
+            raise ValueError(f"position.{name} = {value!r:.80}: expected a number >= 0 of its kind")
+    position = Position(**values)
+    if position.update > cfg.optim.total_updates:
+        raise ValueError(f"position.update = {position.update}: beyond optim.total_updates = "
+                         f"{cfg.optim.total_updates}")
+    return position
+
+
+def restored_problem(optimizer, scheduler, fresh_groups: list[dict], position: Position) -> str | None:
+    """What is wrong with a restored optimiser and scheduler, or None: they must be where
+    ``position`` says (the scheduler's step, the learning rate it gives) with the config's
+    hyperparameters and per-parameter state of the parameters' shapes, all finite."""
+    if scheduler.last_epoch != position.update:
+        return f"its scheduler is at step {scheduler.last_epoch!r:.40}, its position at update {position.update}"
+    for fresh, group in zip(fresh_groups, optimizer.param_groups):
+        for key in ("initial_lr", "betas", "eps", "weight_decay"):
+            value = fresh.get(key)
+            if group.get(key) != value:
+                return f"its optimiser has {key} = {group.get(key)!r:.40}, the config gives {value!r:.40}"
+        expected = fresh["initial_lr"] * scheduler.lr_lambdas[0](position.update)
+        if not math.isclose(group.get("lr", math.nan), expected, rel_tol=1e-9, abs_tol=1e-30):
+            return f"its optimiser has lr = {group.get('lr')!r:.40}, the schedule gives {expected:g} at update {position.update}"
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                    continue
+                if value.dim() and value.shape != param.shape:
+                    return f"its optimiser state {key} has shape {tuple(value.shape)}, its parameter {tuple(param.shape)}"
+                if not torch.isfinite(value).all():
+                    return f"its optimiser state {key} holds NaN or inf"
+    return None
 
 
 def export(path: Path, base_state: dict, base_identity: str, model, cfg, position: Position) -> None:
@@ -317,14 +416,27 @@ def plot_log(csv_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
+class StopNow(Exception):
+    """A second stop signal: leave the update in progress (its work is dropped, nothing else)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 class StopRequest:
-    """Within ``with``: SIGINT/SIGTERM set a flag that the loop checks between updates."""
+    """Within ``with``: SIGINT/SIGTERM/SIGHUP set a flag that the loop checks between updates; a
+    second one raises :class:`StopNow` at once, except inside :meth:`hold` (an optimiser step,
+    the final save), which it leaves first."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def __init__(self) -> None:
+    def __init__(self, linger: bool = False) -> None:
+        self.linger = linger  # once stopping, ignore these signals until the process exits (the CLI)
         self.signal: int | None = None
         self._previous: dict = {}
+        self._holding = 0
+        self._pending = False  # a second signal came while holding
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -333,12 +445,29 @@ class StopRequest:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # a signal after the state is saved must not kill the exit (a second Ctrl-C, a hang-up)
+            signal.signal(sig, signal.SIG_IGN if self.linger and self.signal is not None else handler)
 
     def _handle(self, signum, frame) -> None:
-        if self.signal is not None:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.signal = signum
+        if self.signal is None:
+            self.signal = signum
+        elif self._holding:
+            self._pending = True
+        else:
+            raise StopNow(self.signal)
+
+    @contextlib.contextmanager
+    def hold(self, then_stop: bool = True) -> Iterator[None]:
+        """No :class:`StopNow` inside the block; one that came meanwhile is raised after it
+        (``then_stop``) or dropped (the run is stopping anyway)."""
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+        if self._pending and not self._holding and then_stop:
+            self._pending = False
+            raise StopNow(self.signal or 0)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -373,6 +502,10 @@ class Run:
     log_rows: list = field(default_factory=list)  # rows not yet written to train_log.csv
     started: float = 0.0
     unreadable_batches: int = 0
+    stop: StopRequest | None = None  # the signal handler, while the loop runs
+    boundary: Position | None = None  # the position after the last completed update
+    save_due: bool = False  # a state save waits for the next finite loss (see update_step)
+    saved_update: int | None = None  # the update of the state on disk (None: none)
 
     @property
     def state_path(self) -> Path:
@@ -437,6 +570,8 @@ def setup(cfg: TrainConfig) -> Run:
     # One utterance per batch: the plan's shuffled batch list is a uniformly random order.
     plan = BatchPlan(utterances, cfg.data.batch_seconds, batch_size, cfg.seed,
                      crop_samples=crop, min_samples=min_len)  # too-short files are left out and counted
+    if whole:
+        check_whole_lengths(cfg, utterances, plan)
     position = Position()
     state_path = out / STATE_FILE
     if state_path.exists():
@@ -455,40 +590,74 @@ def setup(cfg: TrainConfig) -> Run:
         autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
         writer=SummaryWriter(str(out / "tensorboard")) if ranks.main else None,
         bar=tqdm(total=o.total_updates, initial=position.update, disable=not ranks.main, unit="update"),
-        log_rows=[], started=time.time(),
+        log_rows=[], started=time.time(), saved_update=position.update if state_path.exists() else None,
     )
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) SCORE / LASER fine-tuning as ``cfg`` says; returns the export's path."""
+def train(cfg: TrainConfig, linger: bool = False) -> Path:
+    """Run (or resume) SCORE / LASER fine-tuning as ``cfg`` says; returns the export's path.
+
+    With ``linger`` (the CLI, which exits next), a run stopped by a signal ignores further stop
+    signals instead of restoring the previous handlers.
+
+    Raises:
+        ScoreError: ``init`` is a file this run writes, or another live run holds ``cfg.out``
+            (its PID and command line named); both before any work.
+    """
+    check_init_is_not_written(cfg)
+    # rank 0 holds the lock for the whole job (the ranks of one torchrun share the folder)
+    with run_lock(Path(cfg.out)) if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext():
+        return _train(cfg, linger)
+
+
+def _train(cfg: TrainConfig, linger: bool = False) -> Path:
     run = setup(cfg)
     stopped = 0  # the signal that stopped the run, agreed by all ranks (0: none)
-    try:
-        with StopRequest() as stop:
-            while run.position.update < cfg.optim.total_updates:
-                stopped = signal_on_any_rank(stop.signal, run.ranks)  # every rank stops at the same update
-                if stopped:
-                    break
-                result = update_step(run)
-                if result is not None:
-                    log_and_save(run, *result)
-    except BaseException:
-        if run.writer is not None:  # its writer thread must not be left to interpreter shutdown
-            run.writer.close()
-        raise
-    finally:
-        run.bar.close()
-    return finish(run, stopped)
+    with StopRequest(linger) as stop:
+        run.stop = stop
+        try:
+            try:
+                while run.position.update < cfg.optim.total_updates:
+                    stopped = signal_on_any_rank(stop.signal, run.ranks)  # every rank stops at the same update
+                    if stopped:
+                        break
+                    result = update_step(run)
+                    if result is not None:
+                        log_and_save(run, *result)
+            except StopNow as now:  # a second signal: drop the update in progress, keep the rest
+                stopped = now.signum
+                if run.ranks.world > 1:  # the ranks are mid-update at different points: no agreed state
+                    if run.ranks.main:
+                        print(f"stopped at once by a second signal {stopped}: the state of update "
+                              f"{run.saved_update} in {run.state_path} resumes", file=sys.stderr)
+                    raise SystemExit(128 + stopped) from None
+                vars(run.position).update(vars(copy_position(run.boundary)))
+        except BaseException:
+            if run.writer is not None:  # its writer thread must not be left to interpreter shutdown
+                run.writer.close()
+            raise
+        finally:
+            run.bar.close()
+        with stop.hold(then_stop=False):  # the final save and export finish whatever comes
+            return finish(run, stopped)
+
+
+def copy_position(position: Position) -> Position:
+    return dataclasses.replace(position, unreadable=list(position.unreadable))
 
 
 def update_step(run: Run) -> tuple[float, torch.Tensor, float] | None:
     """One optimiser update from ``utterances_per_update`` utterances.
+
+    A state save that :func:`log_and_save` made due is written here, once the loss of the
+    weights it holds is known to be finite: the state on disk is always one that trains on.
 
     Returns:
         (mean loss, gradient norm, seconds of original-view audio), or None when the loss or
         the gradient was not finite and the update was skipped.
     """
     cfg, position, ranks = run.cfg, run.position, run.ranks
+    run.boundary = copy_position(position)  # where this update starts (and a resume would)
     run.optimizer.zero_grad(set_to_none=True)
     seed = update_seed(cfg.seed, position.update, ranks.rank)
     torch.manual_seed(seed)  # dropout, in the teacher too under model.dropout=official
@@ -514,14 +683,32 @@ def update_step(run: Run) -> tuple[float, torch.Tensor, float] | None:
         tqdm.write(f"update {position.update + 1}: non-finite loss or gradient ({loss_value}), skipped",
                    file=sys.stderr)
         if position.bad_in_a_row >= cfg.max_bad_losses:
-            raise ScoreError(f"{cfg.max_bad_losses} non-finite losses in a row: stopping "
-                             f"(the last good state is in {run.state_path})")
+            last = (f"the last state that trained on (update {run.saved_update}) is in {run.state_path}"
+                    if run.saved_update is not None else "no state was saved yet")
+            raise ScoreError(f"{cfg.max_bad_losses} non-finite losses in a row: stopping ({last}; check "
+                             f"optim.lr = {cfg.optim.lr:g} and the warnings above)")
         return None
-    run.optimizer.step()
-    run.scheduler.step()
-    position.update, position.bad_in_a_row = position.update + 1, 0
-    position.audio_seconds += seconds
+    if run.save_due:  # these weights gave a finite loss: they are worth keeping
+        save_progress(run, run.boundary)
+    with run.stop.hold() if run.stop is not None else contextlib.nullcontext():
+        run.optimizer.step()  # a second signal waits: half-stepped weights are never saved
+        run.scheduler.step()
+        position.update, position.bad_in_a_row = position.update + 1, 0
+        position.audio_seconds += seconds
+        run.boundary = copy_position(position)
     return loss_value, grad_norm, seconds
+
+
+def save_progress(run: Run, position: Position) -> None:
+    """Write the resumable state at ``position`` and the log rows so far (rank 0's files)."""
+    run.save_due = False
+    if not run.ranks.main:
+        return
+    save_state(run.state_path, run.model, run.optimizer, run.scheduler, position, run.cfg,
+               base_sha256(run.base_identity))
+    append_log(run.log_path, run.log_rows)
+    run.log_rows = []
+    run.saved_update = position.update
 
 
 def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -544,7 +731,8 @@ def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 
 def log_and_save(run: Run, loss_value: float, grad_norm: torch.Tensor, seconds: float) -> None:
-    """Progress bar every update; a log row every ``log_every``; the state every ``save_every``."""
+    """Progress bar every update; a log row every ``log_every``; every ``save_every`` a state
+    save falls due (written by the next update once its loss is finite, :func:`update_step`)."""
     cfg, position = run.cfg, run.position
     hours, lr = position.audio_seconds / 3600, run.scheduler.get_last_lr()[0]
     run.bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", hours=f"{hours:.2f}", refresh=False)
@@ -559,10 +747,7 @@ def log_and_save(run: Run, loss_value: float, grad_norm: torch.Tensor, seconds: 
         for key in ("loss", "lr", "grad_norm", "audio_hours"):
             run.writer.add_scalar(f"train/{key}", row[key], position.update)
     if position.update % cfg.save_every == 0:
-        save_state(run.state_path, run.model, run.optimizer, run.scheduler, position, cfg,
-                   base_sha256(run.base_identity))
-        append_log(run.log_path, run.log_rows)
-        run.log_rows = []
+        run.save_due = True  # written by the next update once its loss is finite (update_step)
 
 
 def finish(run: Run, stopped: int) -> Path:
@@ -571,10 +756,8 @@ def finish(run: Run, stopped: int) -> Path:
     from .checkpoints import base_architecture
 
     export_path = run.out / EXPORT_FILES[base_architecture(run.base_state)]
+    save_progress(run, position)
     if run.ranks.main:
-        save_state(run.state_path, run.model, run.optimizer, run.scheduler, position, cfg,
-                   base_sha256(run.base_identity))
-        append_log(run.log_path, run.log_rows)
         run.writer.close()
         if stopped:
             print(f"stopped by signal {stopped} at update {position.update}; re-run to resume",
@@ -650,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
     args, flags = parse_args(argv)
     cfg = load_config(args.config, args.overrides, flags)
     try:
-        print(train(cfg))
+        print(train(cfg, linger=True))
         code = 0
     except SystemExit as stop:  # stopped by a signal, state saved: exit 128 + signal
         code = int(stop.code)

@@ -661,7 +661,7 @@ def test_corrupt_wavlm_checkpoint_stops_the_run_before_any_stage(env, capsys, tm
 LOCK_HOLDER = """
 import sys, time
 from pathlib import Path
-from score_s3prl.superb.lock import run_lock
+from score_s3prl.runlock import run_lock
 with run_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(600)

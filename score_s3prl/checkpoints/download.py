@@ -5,7 +5,11 @@ status (an error page is cached as the checkpoint and reused), and falls back to
 ``requests``, which cannot open ``file://``. :func:`fetch` keeps its cache layout (so files
 it already downloaded are reused) and adds what a download needs:
 
-* connect and read timeouts (a server that accepts and never answers is an error, not a hang);
+* connect and read timeouts (a server that accepts and never answers is an error, not a hang)
+  and a total deadline (a server that drips a byte now and then is one too);
+* a size cap (:data:`MAX_BYTES`), checked against ``Content-Length`` before the body and
+  while it arrives;
+* redirects only within a scheme (and from http to https): never to ``ftp``, nor down to ``http``;
 * the HTTP status checked (200 only) and the length checked against ``Content-Length``;
 * the file written atomically and kept only if ``validate`` accepts it (e.g. it loads as a
   checkpoint); a cached file that ``validate`` refuses is fetched again;
@@ -15,8 +19,8 @@ it already downloaded are reused) and adds what a download needs:
 from __future__ import annotations
 
 import hashlib
-import shutil
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,6 +33,9 @@ from ..fileio import atomic_open
 
 SCHEMES = ("http", "https", "file")
 TIMEOUT_S = 60.0  # for the connection and for each read: a stalled server fails within this
+DEADLINE_S = 3600.0  # for the whole download: 1.2 GB (a Large model) needs 0.33 MB/s
+MAX_BYTES = 5 * 10**9  # the largest file fetched: a Large model is 1.2 GB
+CHUNK = 1 << 20
 
 
 class DownloadError(ScoreError):
@@ -48,6 +55,8 @@ def fetch(
     refresh: bool = False,
     validate: Callable[[Path], None] | None = None,
     timeout: float | None = None,
+    deadline: float | None = None,
+    max_bytes: int | None = None,
     what: str = "checkpoint",
 ) -> Path:
     """The cached file of ``url``, downloaded first if absent, refused or ``refresh``.
@@ -57,11 +66,15 @@ def fetch(
             cached, and on a cached copy before it is reused.
     Raises:
         DownloadError: one line naming the URL: bad scheme, no answer within ``timeout``,
-            an HTTP error status, a truncated body, or a file ``validate`` refuses.
-    ``timeout`` defaults to :data:`TIMEOUT_S` (seconds, for connecting and for each read);
-    ``what`` names the file in the messages ("checkpoint", "lexicon").
+            not done within ``deadline``, larger than ``max_bytes``, a redirect to another
+            scheme, an HTTP error status, a truncated body, or a file ``validate`` refuses.
+    ``timeout`` defaults to :data:`TIMEOUT_S` (seconds, for connecting and for each read),
+    ``deadline`` to :data:`DEADLINE_S` (seconds, the whole download), ``max_bytes`` to
+    :data:`MAX_BYTES`; ``what`` names the file in the messages ("checkpoint", "lexicon").
     """
     timeout = TIMEOUT_S if timeout is None else timeout
+    deadline = DEADLINE_S if deadline is None else deadline
+    max_bytes = MAX_BYTES if max_bytes is None else max_bytes
     scheme = urllib.parse.urlparse(url).scheme.lower()
     if scheme not in SCHEMES:
         raise DownloadError(f"{url}: cannot download {what} (URL scheme {scheme or 'missing'!r}; "
@@ -75,7 +88,7 @@ def fetch(
         except ScoreError:
             dest.unlink(missing_ok=True)  # e.g. an error page an older downloader cached
     try:
-        _download(url, dest, validate, timeout)
+        _download(url, dest, validate, timeout, deadline, max_bytes)
     except ScoreError as exc:
         raise DownloadError(f"{url}: cannot download {what} ({exc}); nothing was cached") from exc
     except (socket.timeout, TimeoutError):
@@ -92,17 +105,46 @@ def fetch(
     return dest
 
 
-def _download(url: str, dest: Path, validate: Callable[[Path], None] | None, timeout: float) -> None:
+class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only within its scheme, or from http up to https (urllib alone follows
+    http(s) to ftp, and https down to http)."""
+
+    def http_error_302(self, req, fp, code, msg, headers):  # noqa: ANN001 - urllib's signature
+        target = headers.get("location") or headers.get("uri")
+        if target:
+            new_url = urllib.parse.urljoin(req.full_url, target)
+            old, new = urllib.parse.urlparse(req.full_url).scheme, urllib.parse.urlparse(new_url).scheme
+            if new != old and (old, new) != ("http", "https"):
+                raise ScoreError(f"redirected from {old} to {new} ({new_url}): refused for safety")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _download(url: str, dest: Path, validate: Callable[[Path], None] | None, timeout: float,
+              deadline: float, max_bytes: int) -> None:
+    end = time.monotonic() + deadline
     request = urllib.request.Request(url, headers={"User-Agent": f"score-s3prl/{__version__}"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - schemes checked
+    opener = urllib.request.build_opener(_SameSchemeRedirects)
+    with opener.open(request, timeout=timeout) as response:  # schemes checked; redirects too
         status = getattr(response, "status", None)
         if status is not None and urllib.parse.urlparse(response.geturl()).scheme in ("http", "https") \
                 and status != 200:
             raise ScoreError(f"HTTP {status} {getattr(response, 'reason', '')}".strip())
         expected = response.headers.get("Content-Length")
+        if expected is not None and expected.isdigit() and int(expected) > max_bytes:
+            raise ScoreError(f"{int(expected)} bytes, more than the {max_bytes} a checkpoint may have")
+        # read1: what has arrived, so a byte now and then cannot hold one read past the deadline
+        read = getattr(response, "read1", response.read)
         with atomic_open(dest, "wb", validate=_checked(validate)) as handle:
-            shutil.copyfileobj(response, handle, 1 << 20)
-            written = handle.tell()
+            written = 0
+            while chunk := read(CHUNK):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise ScoreError(f"more than the {max_bytes} bytes a checkpoint may have")
+                if time.monotonic() > end:
+                    raise ScoreError(f"not done within {deadline:g} s ({written} bytes so far)")
+                handle.write(chunk)
             if expected is not None and expected.isdigit() and written != int(expected):
                 raise ScoreError(f"truncated: {written} of {expected} bytes")
 

@@ -31,7 +31,7 @@ import re
 import types
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -51,15 +51,22 @@ def _refusal(exc: BaseException) -> str:
     """One line saying why torch or our unpickler refused a file.
 
     torch's weights_only message is a paragraph suggesting ``weights_only=False``, which is
-    exactly what must not be done with an untrusted file: keep only the global it refused.
+    exactly what must not be done with an untrusted file: keep only what it refused.
     """
     text = str(exc)
-    found = re.search(r"GLOBAL ([\w.]+(?: [\w.]+)?)", text) or re.search(r"refusing to load ([\w.]+)", text)
+    found = (re.search(r"GLOBAL ([\w.]+) whose module", text) or re.search(r"GLOBAL ([\w.]+(?: [\w.]+)?)", text)
+             or re.search(r"refusing to load ([\w.]+)", text))
     if found:
         name = found.group(1).replace(" ", ".")
-        return f"it names {name}, and a checkpoint may name only data types: refused, nothing was run"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-    return f"{type(exc).__name__}: {first}"
+        return f"it names {name}, and a checkpoint may name only data types: refused for safety, nothing was run"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        # the reason is the paragraph between torch's advice and its pointer to the documentation
+        reason = next((line for line in lines[1:] if "weights_only" not in line
+                       and not line.startswith("Check the documentation")), "an object it may not build")
+        return f"torch's weights-only reader stopped at {reason.rstrip('.')!r}: refused for safety, nothing was run"
+    first = lines[0] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {first}" if "weights_only" not in first else "refused for safety, nothing was run"
 
 
 def sniff(path: str | os.PathLike) -> None:
@@ -132,25 +139,50 @@ def default_load_refuses(value: Any) -> bool:
 
 
 @contextlib.contextmanager
-def weights_only_torch_load() -> Iterator[None]:
-    """Within the block, every ``torch.load`` of a file path is :func:`load_checkpoint`.
+def weights_only_torch_load(inspect: Callable[[Any, Any], None] | None = None) -> Iterator[None]:
+    """Within the block, no loader unpickles freely: every ``torch.load`` is weights-only (a
+    file path is :func:`load_checkpoint`), and ``yaml.load`` builds plain data only.
 
-    For s3prl's own loads in the launcher (``-e``/``-i`` states, ``hubert_local -k`` ...):
-    ``weights_only=False`` from the caller is overridden (a file must not choose code to run)
-    and a refused or unreadable file is one error line naming it, not a traceback.
+    The guard of every command (:mod:`score_s3prl.cli`) and of stock upstream entries wherever
+    we call them (s3prl's own loads in the launcher: ``-e``/``-i`` states, ``hubert_local -k``;
+    mockingjay, tera, audio_albert and distiller ask ``torch.load`` for ``weights_only=False``):
+    what the caller asks is overridden (a file must not choose code to run), and a refused or
+    unreadable file is one error line naming it, never torch's advice to turn the check off.
+    Blocks nest; with ``inspect``, it is called with (file, loaded object) after each load, and
+    may raise to refuse what the file holds.
     """
+    import yaml
+
+    previous, previous_serialization, previous_yaml = torch.load, torch.serialization.load, yaml.load
+    plain_loaders = tuple(getattr(yaml, name) for name in ("SafeLoader", "BaseLoader", "CSafeLoader", "CBaseLoader")
+                          if hasattr(yaml, name))
 
     def guarded(f: Any, map_location: Any = None, *args: Any, **kwargs: Any) -> Any:
         if isinstance(f, (str, os.PathLike)):
-            return load_checkpoint(f, map_location=map_location)
-        kwargs["weights_only"] = True
-        return _torch_load(f, map_location, *args, **kwargs)
+            state = load_checkpoint(f, map_location=map_location)
+        else:
+            kwargs["weights_only"] = True
+            kwargs.pop("pickle_module", None)  # weights_only takes torch's own unpickler only
+            try:
+                state = _torch_load(f, map_location, *args, **kwargs)
+            except Exception as exc:
+                raise CheckpointError(f"{getattr(f, 'name', 'a checkpoint stream')}: not a loadable checkpoint: "
+                                      f"{_refusal(exc)}") from exc
+        if inspect is not None:
+            inspect(f, state)
+        return state
 
-    torch.load = guarded
+    def plain_yaml(stream: Any, Loader: Any = None) -> Any:  # noqa: N803 - yaml.load's own name
+        # FullLoader and UnsafeLoader build Python objects a file names: plain data here
+        safe = Loader if isinstance(Loader, type) and issubclass(Loader, plain_loaders) else yaml.SafeLoader
+        return previous_yaml(stream, Loader=safe)
+
+    torch.load = torch.serialization.load = guarded
+    yaml.load = plain_yaml
     try:
         yield
     finally:
-        torch.load = _torch_load
+        torch.load, torch.serialization.load, yaml.load = previous, previous_serialization, previous_yaml
 
 
 # ----------------------------------------------------------------------------- fairseq pickles
@@ -271,7 +303,7 @@ def load_fairseq_checkpoint(path: str | os.PathLike) -> Any:
     """
     sniff(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+        return _torch_load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
     except Exception as exc:
         raise CheckpointError(f"{path}: not a loadable checkpoint: {_refusal(exc)}") from exc
 
@@ -296,14 +328,77 @@ def plain(value: Any) -> Any:
     return value
 
 
-def resolve_interpolations(value: dict[str, Any], source: str) -> dict[str, Any]:
-    """``${a.b}`` interpolations of plain data resolved by OmegaConf (data in, data out)."""
-    from omegaconf import OmegaConf
+# ${a.b.c}: an absolute dotted reference, the only interpolation a checkpoint's config may use
+_REFERENCE = re.compile(r"[A-Za-z_][\w-]*(?:\.[\w-]+)*")
+_INTERPOLATION = re.compile(r"(?<!\\)\$\{([^{}]*)\}")
+_OPENING = re.compile(r"(?<!\\)\$\{")  # "\\${" is a literal "${", as in OmegaConf
+MAX_RESOLVED_SIZE = 1_000_000  # values and characters of one resolved config together
+MAX_REFERENCE_DEPTH = 32
 
-    try:
-        return OmegaConf.to_container(OmegaConf.create(value), resolve=True)  # type: ignore[return-value]
-    except Exception as exc:  # omegaconf raises its own error types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ScoreError(f"{source}: unreadable config in the checkpoint ({first})") from exc
+
+def resolve_interpolations(value: dict[str, Any], source: str) -> dict[str, Any]:
+    """``value`` with its ``${a.b}`` references resolved (data in, data out), as OmegaConf
+    resolves a fairseq config, and nothing else a file could ask of OmegaConf.
+
+    OmegaConf's resolvers read the environment (``${oc.env:TOKEN}`` would copy a secret into
+    the base config and from there into an export) and decode or create values; chained
+    references can expand without bound. Here a reference names a key from the root, a string
+    holding references is filled in with their values, and the expansion is bounded.
+
+    Raises:
+        ScoreError: naming ``source`` and the refused interpolation (a resolver, a nested or
+            relative one), a reference to no key, a cycle, or an expansion past the bounds.
+    """
+    budget = [MAX_RESOLVED_SIZE]
+
+    def fail(problem: str) -> ScoreError:
+        return ScoreError(f"{source}: {problem} in the checkpoint's config: refused for safety, nothing was run "
+                          "(only ${a.b} references are resolved)")
+
+    def lookup(path: str, chain: tuple[str, ...]) -> Any:
+        if path in chain or len(chain) >= MAX_REFERENCE_DEPTH:
+            raise fail(f"the reference ${{{path}}} loops or nests too deep ({' -> '.join(chain + (path,))})")
+        node: Any = value
+        for key in path.split("."):
+            if isinstance(node, dict) and key in node:
+                node = node[key]
+            elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            else:
+                raise fail(f"the reference ${{{path}}} names no key")
+        return resolve(node, chain + (path,))
+
+    def resolve(node: Any, chain: tuple[str, ...]) -> Any:
+        budget[0] -= 1 + (len(node) if isinstance(node, str) else 0)
+        if budget[0] < 0:
+            raise fail(f"an expansion past {MAX_RESOLVED_SIZE} values and characters")
+        if isinstance(node, dict):
+            return {key: resolve(item, chain) for key, item in node.items()}
+        if isinstance(node, list):
+            return [resolve(item, chain) for item in node]
+        if not isinstance(node, str) or "${" not in node:
+            return node
+        if not _OPENING.search(node):
+            return node.replace("\\${", "${")
+        found = list(_INTERPOLATION.finditer(node))
+        if len(_OPENING.findall(node)) != len(found) or any(not _REFERENCE.fullmatch(m.group(1)) for m in found):
+            shown = node if len(node) <= 60 else node[:57] + "..."
+            raise fail(f"the interpolation {shown!r} (a resolver, nested or relative reference)")
+        if len(found) == 1 and found[0].group(0) == node:
+            return lookup(found[0].group(1), chain)  # the whole value: the target, of its own type
+        parts, last = [], 0
+        for match in found:
+            target = lookup(match.group(1), chain)
+            if isinstance(target, (dict, list)):
+                raise fail(f"the reference ${{{match.group(1)}}} inside a string names a section")
+            parts += [node[last:match.start()], str(target)]
+            last = match.end()
+        text = "".join(parts + [node[last:]]).replace("\\${", "${")
+        budget[0] -= len(text)
+        if budget[0] < 0:
+            raise fail(f"an expansion past {MAX_RESOLVED_SIZE} values and characters")
+        return text
+
+    return resolve(value, ())
 
 

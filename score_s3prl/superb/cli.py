@@ -56,10 +56,10 @@ from pathlib import Path
 from ..errors import ScoreError
 from ..lexicons import CMUDICT, G2P, Lexicon, parse_lexicon
 from ..recipes import RECIPES
+from ..runlock import run_lock
 from . import results
 from .checks import check_inputs
 from .demo import DEMO_FINETUNE_STEPS, DEMO_NOTICE, DEMO_STEPS, PROBE_AUDIO, demo_stages
-from .lock import run_lock
 from .plan import Planner, main_rows
 from .settings import (DEFAULT_SEED, DEFAULT_UPSTREAMS, ENV, LAST_LAYER, PROBE_SPLIT, PROBE_UTTERANCES, Settings,
                        Upstream, distinct_labels, parse_upstream)

@@ -193,6 +193,8 @@ class Planner:
         prep = self.prepare_stages(task)
         train_dir, eval_dir = run / "train", run / spec.test_split
         best = train_dir / spec.best_checkpoint
+        # a checkpoint's saved URL is not fetched unless the command line states it (s3prl_guard)
+        restated = {"args.upstream_ckpt": upstream.ckpt} if upstream.ckpt and "://" in upstream.ckpt else {}
 
         def train_command() -> list[str]:
             return [*LAUNCHER, "-m", "train", *upstream.flags, "-d", spec.downstream, "-p", str(train_dir),
@@ -203,7 +205,7 @@ class Planner:
             # s3prl continues from the folder's newest states-*.ckpt, with the args and config saved in it
             if not any(train_dir.glob("states-*.ckpt")):
                 return None
-            return [*LAUNCHER, "-m", "train", "-e", str(train_dir), "--device", s.device]
+            return [*LAUNCHER, "-m", "train", "-e", str(train_dir), "--device", s.device, *override(restated)]
 
         detail = self.data_detail(task)  # PR: the lexicon, named in the stages' settings and the score
         train = Stage(f"{name}/train", run, "train", command=train_command, deps=tuple(prep),
@@ -214,7 +216,7 @@ class Planner:
         # planned with the best dev checkpoint's path (what the dry run prints and the key hashes);
         # at run time -e becomes the checkpoint training chose (a short run may have saved no best)
         eval_command = [*LAUNCHER, "-m", "evaluate", "-e", str(best), "-t", spec.test_split, "--device", s.device,
-                        *override({"args.expdir": str(eval_dir)})]
+                        *override({"args.expdir": str(eval_dir), **restated})]
 
         def chosen(argv: list[str]) -> list[str]:
             ckpt = train.output("checkpoint", str(best))

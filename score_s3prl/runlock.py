@@ -1,7 +1,8 @@
 """One run per ``--out``: an exclusive ``flock`` on ``<out>/.run.lock`` for the life of the process.
 
-Two runs into one folder would run every stage twice in the same folders, overwrite each
-other's logs and append every results row twice. The lock file holds the holder's PID and
+Shared by ``run_superb.sh`` (``score-s3prl superb --out``) and ``score-s3prl finetune --out``:
+two runs into one folder would run every stage twice, overwrite each other's logs, append every
+results row twice, or replace each other's export. The lock file holds the holder's PID and
 command line so that the second run can name it. The kernel drops a ``flock`` when its
 process dies, ``kill -9`` included, so a dead run never blocks the next one and there is no
 stale-lock cleanup.
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import ScoreError
+from .errors import ScoreError
 
 LOCK_NAME = ".run.lock"
 
