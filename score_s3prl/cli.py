@@ -15,6 +15,7 @@ from .stack import require_loadable
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
+    "compare": ("score_s3prl.superb.compare", "a tuned s3prl run vs a baseline run: gain, 95% paired-bootstrap CI, verdict"),
     "downstream": ("score_s3prl.run_downstream", "run s3prl's run_downstream.py with SCORE upstreams"),
     "export": ("score_s3prl.export", "write a tuned checkpoint as a transformers directory (--format hf)"),
     "finetune": ("score_s3prl.train", "SCORE / LASER fine-tuning: pretrained HuBERT or WavLM in, s3prl upstream out"),

@@ -358,6 +358,66 @@ def max_twv(scores: np.ndarray, targets: np.ndarray, beta: float = BETA) -> tupl
     return 1.0 - beta, -math.inf
 
 
+@dataclass(frozen=True)
+class QueryLosses:
+    """Per-query detection data from which the MTWV of any multiset of queries follows.
+
+    MTWV is a maximum over thresholds of a mean over queries, so it is not a mean of per-query
+    numbers: a bootstrap over queries (:func:`resampled_mtwv`) re-maximises the threshold on each
+    resample. TWV(t) of a multiset holding query q ``c_q`` times is
+    ``1 - sum_q c_q losses[q, t] / sum_q c_q``, with ``losses[q, t]`` = query q's own
+    misses / targets + beta * false alarms / non-targets at t.
+
+    Only ``thresholds`` where a maximum can fall are kept: with non-negative weights, undetecting
+    a group of equal scores that holds only non-targets never lowers TWV, so some maximum lies
+    at a threshold whose lowest detected group holds a target (the largest distinct score below a
+    target's score), or at the highest score (nothing detected). The sweep's start
+    (1 - beta, -inf) is added by :func:`resampled_mtwv`.
+    """
+
+    thresholds: np.ndarray  # (K,) float64, ascending: detected iff score > threshold
+    losses: np.ndarray  # (queries, K) float64
+    lowest: np.ndarray  # (queries,) each query's lowest score (a draw's thresholds start there)
+    beta: float
+
+
+def query_losses(scores: np.ndarray, targets: np.ndarray, beta: float = BETA) -> QueryLosses:
+    """:class:`QueryLosses` of ``scores`` (float) and ``targets`` (bool), both (queries, files);
+    every query needs a target (as in :func:`max_twv`)."""
+    n_targets = targets.sum(axis=1)
+    if (n_targets == 0).any():
+        raise ValueError("every query needs at least one target (drop the others first)")
+    values = np.unique(scores)  # ascending distinct scores
+    below = np.searchsorted(values, scores[targets], side="left") - 1  # largest value < a target
+    thresholds = np.union1d(values[below[below >= 0]], values[-1:])
+    n_nontargets = targets.shape[1] - n_targets
+    losses = np.empty((scores.shape[0], thresholds.size))
+    for q in range(scores.shape[0]):
+        hits = np.sort(scores[q, targets[q]])
+        others = np.sort(scores[q, ~targets[q]])
+        missed = np.searchsorted(hits, thresholds, side="right")  # targets with score <= t
+        alarms = others.size - np.searchsorted(others, thresholds, side="right")  # non-targets > t
+        fa = beta * alarms / n_nontargets[q] if n_nontargets[q] else 0.0
+        losses[q] = missed / n_targets[q] + fa
+    return QueryLosses(thresholds, losses, scores.min(axis=1), float(beta))
+
+
+def resampled_mtwv(losses: QueryLosses, counts: np.ndarray) -> np.ndarray:
+    """MTWV of each resampled query set, the threshold re-maximised on each.
+
+    ``counts`` is (draws, queries): how often each query is in each draw. Row b gives exactly
+    ``max_twv(scores[idx], targets[idx])`` for the query indices ``idx`` that row counts (up to
+    float round-off). Returns (draws,) float64.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    n_queries = counts.sum(axis=1, keepdims=True)
+    values = 1.0 - (counts @ losses.losses) / n_queries
+    # a threshold under every drawn score detects all: that is the sweep's start, (1 - beta, -inf)
+    lowest = np.where(counts > 0, losses.lowest, np.inf).min(axis=1, keepdims=True)
+    values = np.where(losses.thresholds >= lowest, values, -np.inf)
+    return np.maximum(values.max(axis=1), 1.0 - losses.beta)
+
+
 def score_trials(
     trials: Trials, default_score: float = DEFAULT_SCORE, beta: float = BETA
 ) -> QbeScore:
