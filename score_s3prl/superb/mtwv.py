@@ -37,13 +37,14 @@ import re
 import subprocess
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ArgumentParser, ScoreError
+from ..fileio import atomic_open
 from .metrics import split_lines
 
 P_TARGET = 0.0008
@@ -418,6 +419,41 @@ def resampled_mtwv(losses: QueryLosses, counts: np.ndarray) -> np.ndarray:
     return np.maximum(values.max(axis=1), 1.0 - losses.beta)
 
 
+QUERY_LOSSES_FILE = "per_query.npz"  # what a SUPERB QbE score stage keeps beside the stdlist
+_QUERY_LOSS_ARRAYS = ("queries", "thresholds", "losses", "lowest", "beta")
+
+
+def save_query_losses(path: str | os.PathLike, losses: QueryLosses, queries: Sequence[str]) -> None:
+    """Write ``losses`` of the queries ``queries`` (ids, row order) as a plain ``.npz`` (no pickles),
+    atomically."""
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, queries=np.asarray(queries, dtype=str), thresholds=losses.thresholds,
+                 losses=losses.losses, lowest=losses.lowest, beta=np.float64(losses.beta))
+
+
+def load_query_losses(path: str | os.PathLike) -> tuple[QueryLosses, tuple[str, ...]]:
+    """Read what :func:`save_query_losses` wrote: (losses, query ids).
+
+    Raises:
+        ScoreError: the file is missing, not an npz of these arrays, or inconsistent.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in _QUERY_LOSS_ARRAYS}
+    except FileNotFoundError:
+        raise ScoreError(f"{path}: per-query QbE file not found (the QbE score stage writes it)") from None
+    except (OSError, ValueError, KeyError) as exc:  # KeyError: an array is missing
+        raise ScoreError(f"{path}: not a per-query QbE file ({exc})") from None
+    queries, thresholds, losses, lowest = (arrays[n] for n in _QUERY_LOSS_ARRAYS[:4])
+    n = queries.shape[0] if queries.ndim == 1 else -1
+    shapes_ok = n > 0 and thresholds.ndim == 1 and losses.shape == (n, thresholds.size) and lowest.shape == (n,)
+    if not shapes_ok or arrays["beta"].shape != () or not all(
+            np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() for a in (losses, lowest, arrays["beta"])):
+        raise ScoreError(f"{path}: per-query QbE file has inconsistent or non-finite arrays")
+    return QueryLosses(thresholds.astype(np.float64), losses.astype(np.float64), lowest.astype(np.float64),
+                       float(arrays["beta"])), tuple(str(q) for q in queries)
+
+
 def score_trials(
     trials: Trials, default_score: float = DEFAULT_SCORE, beta: float = BETA
 ) -> QbeScore:
@@ -443,10 +479,15 @@ def qbe_score(
     stdlist: str | os.PathLike,
     groundtruth_dir: str | os.PathLike,
     default_score: float = DEFAULT_SCORE,
+    per_query: str | os.PathLike | None = None,
 ) -> QbeScore:
-    """Score an s3prl ``benchmark.stdlist.xml`` against a QUESST ground truth directory."""
+    """Score an s3prl ``benchmark.stdlist.xml`` against a QUESST ground truth directory; with
+    ``per_query``, also write the per-query data of a bootstrap over queries there
+    (:func:`save_query_losses`)."""
     truth = load_groundtruth(groundtruth_dir)
     trials = build_trials(truth, read_stdlist(stdlist), default_score, source=str(stdlist))
+    if per_query is not None:
+        save_query_losses(per_query, query_losses(trials.scores, trials.targets), trials.queries)
     return score_trials(trials, default_score)
 
 

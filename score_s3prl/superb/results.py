@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import ScoreError
-from ..recipes import RECIPES
+from ..recipes import RECIPES, SCORE_HUBERT
 from ..fileio import atomic_open
 
 COLUMNS = (
@@ -43,7 +43,7 @@ COLUMNS = (
 HEADER = ",".join(COLUMNS)
 
 # SCORE paper (ICASSP 2024): relative gains over HuBERT Base, percent
-PAPER_GAINS = {task: r.paper_gain_pct for task, r in RECIPES.items() if r.paper_gain_pct is not None}
+PAPER_GAINS = {task: r.paper_gains[SCORE_HUBERT] for task, r in RECIPES.items() if SCORE_HUBERT in r.paper_gains}
 TASK_ORDER = tuple(RECIPES)
 
 
