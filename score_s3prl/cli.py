@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "make-tiny": ("score_s3prl.tiny", "write a tiny random HuBERT checkpoint (tests, demos)"),
     "probe": ("score_s3prl.probe", "layer-wise invariance of any upstream to speed and pitch (no labels)"),
     "qbe-score": ("score_s3prl.superb.mtwv", "MTWV of a QbE stdlist against QUESST14 ground truth"),
+    "results": ("score_s3prl.superb.summary", "rebuild a SUPERB run folder's CSV, superb_summary.csv, tables and chart"),
     "superb": ("score_s3prl.superb.cli", "SUPERB ASR / PR / QbE, baseline vs SCORE (run_superb.sh)"),
 }
 

@@ -34,7 +34,7 @@ def result(task, system, run_dir, value, seed=None, baseline="hubert", split=Non
         task=task, metric=metric or RECIPES[task].metric, upstream=upstream, checkpoint=checkpoint,
         split=split or RECIPES[task].test_split, value=value, lower_is_better=RECIPES[task].lower_is_better,
         run_dir=str(run_dir), git_commit="abc", config_hash="0", seed=seed, label=label or system, system=system,
-        baseline=baseline,
+        baseline_system=baseline,
     )  # fmt: skip
 
 
@@ -165,7 +165,8 @@ def test_table_and_chart(tmp_path):
 
 
 def test_checkpoint_identity_reads_the_tuned_checkpoints_metadata(tmp_path):
-    from score_s3prl.checkpoint import write_converted
+    from score_s3prl.checkpoints.hubert import write_converted
+    from score_s3prl.checkpoints.wavlm import write_wavlm
 
     def converted(name, layers, dim, score):
         path = tmp_path / name
@@ -178,4 +179,51 @@ def test_checkpoint_identity_reads_the_tuned_checkpoints_metadata(tmp_path):
     assert checkpoint_identity("score_hubert_local", tiny) is None  # not the size the paper tuned
     assert checkpoint_identity("score_hubert_local", converted("c.pt", 12, 768, None)) is None  # no metadata
     assert checkpoint_identity("hubert_base", "") is None
+    wavlm = tmp_path / "w.pt"
+    write_wavlm(wavlm, {"encoder_layers": 12, "encoder_embed_dim": 768}, {},
+                score={"method": "LASER", "architecture": "wavlm"})
+    assert checkpoint_identity("score_wavlm_local", str(wavlm)) == ("LASER", "wavlm_base")
     assert checkpoint_identity("some_upstream", base_size) is None
+
+
+def write_marker(out, unit, stem, rows):
+    """A finished score stage's done-marker holding ``rows`` (as the pipeline writes it)."""
+    import dataclasses
+    import json
+
+    folder = out / unit
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"key": "k", "stamp": "s", "outputs": {"rows": [dataclasses.asdict(r) for r in rows]}}
+    (folder / f"{stem}.done.json").write_text(json.dumps(record))
+
+
+def test_results_command_rebuilds_everything_from_the_run_folder(tmp_path, capsys):
+    from score_s3prl import cli
+
+    out = tmp_path / "exp"
+    pr = pr_rows(out / "pr")  # run directories under the run folder, as the runner makes them
+    for r in pr:
+        write_marker(out, f"pr/{r.system}/seed{r.seed}", "score-test", [r])
+    csv_path = tmp_path / "results" / "superb_results.csv"
+    assert cli.main(["results", str(out), "--results", str(csv_path), "--resamples", "300"]) == 0
+    printed = capsys.readouterr().out
+    with open(csv_path.with_name("superb_summary.csv"), newline="") as handle:
+        [summary] = list(csv.DictReader(handle))
+    assert (summary["task"], summary["system"], summary["n_seeds"], summary["verdict"]) == ("pr", "score", "2", "better")
+    assert (csv_path.with_name("superb_gains.png")).read_bytes()[:4] == b"\x89PNG"
+    assert "score (vs hubert)" in printed and "gains chart:" in printed and "seed" in printed.splitlines()[0]
+    # a task run later (another invocation, another machine) joins the same report
+    truth, targets = quesst(tmp_path)
+    noise = np.random.default_rng(1).normal(size=targets.shape)
+    for system, strength in (("hubert", 2.0), ("score", 4.0)):
+        folder = write_stdlist(out / "qbe" / system / "test", noise + strength * targets)
+        score = mtwv.qbe_score(folder / "benchmark.stdlist.xml", truth, per_query=folder / mtwv.QUERY_LOSSES_FILE)
+        write_marker(out, f"qbe/{system}", "score-test", [result("qbe", system, folder, score.max_twv)])
+    assert cli.main(["results", str(out), "--results", str(csv_path), "--resamples", "300"]) == 0
+    with open(csv_path.with_name("superb_summary.csv"), newline="") as handle:
+        assert [(r["task"], r["split"]) for r in csv.DictReader(handle)] == [("pr", "test"), ("qbe", "test")]
+    with open(csv_path, newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 6  # 4 PR runs + 2 QbE runs, none duplicated
+    capsys.readouterr()
+    assert cli.main(["results", str(tmp_path / "nowhere")]) == 2
+    assert "run folder not found" in capsys.readouterr().err

@@ -140,24 +140,24 @@ def format_comparison(comparison: Comparison, metric: str, base_name: str, tuned
     ])  # fmt: skip
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise ValueError(text)
     return value
 
 
-_positive.__name__ = "positive integer"
+positive_int.__name__ = "positive integer"
 
 
-def _seed(text: str) -> int:
+def seed_value(text: str) -> int:
     value = int(text)
     if value < 0:
         raise ValueError(text)
     return value
 
 
-_seed.__name__ = "seed (0 or more)"
+seed_value.__name__ = "seed (0 or more)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", help="evaluated split (default: the recipe's: asr test-clean, pr test, qbe test)")
     parser.add_argument("--groundtruth", type=Path, metavar="DIR",
                         help="qbe: the QUESST ground truth folder (*.ecf.xml, *.rttm, *.tlist.xml)")
-    parser.add_argument("--resamples", type=_positive, default=DEFAULT_RESAMPLES,
+    parser.add_argument("--resamples", type=positive_int, default=DEFAULT_RESAMPLES,
                         help=f"bootstrap draws (default {DEFAULT_RESAMPLES})")
-    parser.add_argument("--seed", type=_seed, default=DEFAULT_SEED, help=f"bootstrap seed (default {DEFAULT_SEED})")
+    parser.add_argument("--seed", type=seed_value, default=DEFAULT_SEED, help=f"bootstrap seed (default {DEFAULT_SEED})")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.groundtruth is not None and args.task != "qbe":

@@ -129,19 +129,19 @@ def checkpoint_identity(upstream: str, checkpoint: str) -> tuple[str, str] | Non
     is of a size the papers did not tune (a tiny demo model)."""
     from .checks import CONVERTED_HUBERT_ENTRIES, WAVLM_ENTRIES
 
-    if not checkpoint or "://" in checkpoint or not os.path.isfile(checkpoint):
+    ours = upstream in CONVERTED_HUBERT_ENTRIES or upstream in WAVLM_ENTRIES
+    if not ours or not checkpoint or "://" in checkpoint or not os.path.isfile(checkpoint):
         return None
-    from ..hub import read_converted, read_wavlm
+    from ..checkpoints.models import base_architecture
+    from ..checkpoints.safeload import load_checkpoint
 
     try:
-        if upstream in CONVERTED_HUBERT_ENTRIES:
-            state, config = read_converted(checkpoint), "model_cfg"
-        elif upstream in WAVLM_ENTRIES:
-            state, config = read_wavlm(checkpoint), "cfg"
-        else:
-            return None
+        state = load_checkpoint(checkpoint)  # weights only: the file chooses no code
     except ScoreError:
         return None  # the runner's checks reported it before any stage; here it only loses a paper bar
+    if not isinstance(state, dict):
+        return None
+    config = "cfg" if base_architecture(state) == "wavlm" else "model_cfg"
     metadata, model = state.get("score"), state.get(config)
     if not isinstance(metadata, dict) or not isinstance(model, dict):
         return None
@@ -183,7 +183,8 @@ def summarise(
             groups.setdefault((row.task, row.split), []).append(row)
     order = list(RECIPES)
     for (task, split), group in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
-        baseline = next((r.baseline for r in group if r.baseline), group[0].system)
+        baseline = next((r.baseline_system for r in group if r.baseline_system),
+                        next((r.system for r in group if r.is_baseline), group[0].system))  # legacy rows
         systems = list(dict.fromkeys(r.system for r in group if r.system != baseline))
         base_rows = [r for r in group if r.system == baseline]
         for system in systems:
@@ -354,3 +355,70 @@ def plot_summary(rows: Sequence[SummaryRow], png_path: str | os.PathLike) -> Non
     figure.tight_layout()
     with atomic_open(png_path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=120)
+
+
+# -- score-s3prl results OUT_DIR ----------------------------------------------------------------
+
+
+def report(out_dir: str | os.PathLike, csv_path: str | os.PathLike, plot_path: str | os.PathLike,
+           resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED, merge: bool = True) -> str:
+    """Rebuild a run folder's report from the rows of every finished score stage under ``out_dir``:
+    merge them into the results CSV (:func:`.results.assemble`; ``merge=False``: the caller just
+    did), write ``superb_summary.csv`` beside it and the chart ``plot_path``. Returns the text to
+    print: the runs' table, the summary table, and where the files are."""
+    from . import results
+
+    rows = results.assemble(out_dir, csv_path) if merge else results.with_gains(results.collect_rows(out_dir))
+    summary = summarise(rows, resamples, seed)
+    path = Path(csv_path).with_name(SUMMARY_FILE)
+    write_summary(path, summary)
+    lines = [results.runs_table(rows) if rows else f"{out_dir}: no finished score stage yet", ""]
+    if summary:
+        lines.append(format_table(summary))
+    else:
+        lines.append("no comparison yet: the baseline and another system need a finished run of the same "
+                     "task, split and seed")
+    if main_summary_rows(summary):
+        plot_summary(summary, plot_path)
+        lines.append(f"gains chart: {plot_path}")
+    lines.append(f"summary: {path} ({len(summary)} comparisons); results: {csv_path} ({len(rows)} rows of {out_dir})")
+    return "\n".join(lines)
+
+
+def default_results_csv(out_dir: Path) -> Path:
+    """The results CSV of a run folder: ``<out>/superb_results.csv`` where it exists (the demo
+    writes there), else the runner's default ``results/superb_results.csv``."""
+    inside = out_dir / "superb_results.csv"
+    return inside if inside.is_file() else Path("results/superb_results.csv")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import ArgumentParser
+    from .compare import positive_int, seed_value
+
+    parser = ArgumentParser(
+        prog="score-s3prl results",
+        description="Rebuild a SUPERB run folder's results: the CSV rows of every finished score stage under "
+                    "OUT_DIR, superb_summary.csv beside the CSV (mean ± sd over seeds, gain, 95%% paired-bootstrap "
+                    "interval, P(better), verdict), the printed tables and the gains chart. Tasks run separately "
+                    "(or on other machines) into one OUT_DIR end in one report.",
+    )
+    parser.add_argument("out", type=Path, metavar="OUT_DIR", help="the runner's --out folder")
+    parser.add_argument("--results", type=Path, metavar="CSV",
+                        help="results CSV (default: OUT_DIR/superb_results.csv if present, else "
+                             "results/superb_results.csv)")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="gains chart (default: superb_gains.png beside the CSV)")
+    parser.add_argument("--resamples", type=positive_int, default=DEFAULT_RESAMPLES,
+                        help=f"bootstrap draws (default {DEFAULT_RESAMPLES})")
+    parser.add_argument("--seed", type=seed_value, default=DEFAULT_SEED, help=f"bootstrap seed (default {DEFAULT_SEED})")
+    args = parser.parse_args(argv)
+    out = args.out.expanduser().resolve()
+    if not out.is_dir():
+        raise ScoreError(f"{out}: run folder not found")
+    csv_path = (args.results or default_results_csv(out)).expanduser().resolve()
+    from .results import check_results_file
+
+    check_results_file(csv_path)
+    plot = (args.plot or csv_path.with_name("superb_gains.png")).expanduser().resolve()
+    print(report(out, csv_path, plot, args.resamples, args.seed))
+    return 0
