@@ -58,7 +58,7 @@ from ..errors import ScoreError
 from ..recipes import RECIPES
 from . import results, summary
 from .checks import check_inputs
-from .demo import DEMO_FINETUNE_STEPS, DEMO_NOTICE, DEMO_SEEDS, DEMO_STEPS, PROBE_AUDIO, demo_stages
+from .demo import DEMO_FINETUNE_STEPS, DEMO_NOTICE, DEMO_STEPS, DEMO_TASK_SEEDS, PROBE_AUDIO, demo_stages
 from .lock import run_lock
 from .plan import Planner
 from .settings import (DEFAULT_SEED, DEFAULT_UPSTREAMS, ENV, LAST_LAYER, PROBE_SPLIT, PROBE_UTTERANCES, Settings,
@@ -83,7 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", metavar="S[,S...]",
                         help=f"s3prl --seed of each ASR/PR downstream training, the same for every upstream "
                              f"so that runs pair up (default: {DEFAULT_SEED}, s3prl's own; demo: "
-                             f"{','.join(map(str, DEMO_SEEDS))})")
+                             + "; ".join(f"{t} {','.join(map(str, seeds))}" for t, seeds in DEMO_TASK_SEEDS)
+                             + f", else {DEFAULT_SEED})")
     parser.add_argument("--libri-root", type=Path, metavar="DIR", help="LibriSpeech folder with train-clean-100, dev-clean, test-clean")
     parser.add_argument("--quesst-root", type=Path, metavar="DIR", help="the quesst14Database folder")
     parser.add_argument("--lexicon", type=Path, metavar="FILE", help="word -> phones lexicon for PR (default: written from CMUdict)")
@@ -179,7 +180,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         # tiny models gain nothing from more threads, and spinning OpenMP threads slow a shared CPU
         env=(("OMP_NUM_THREADS", "1"),) if demo else (),
         probe_audio=probe_audio.expanduser().resolve() if probe_audio else None, probe_utterances=args.probe_utterances,
-        seeds=parse_seeds(args.seeds) if args.seeds is not None else DEMO_SEEDS if demo else (DEFAULT_SEED,),
+        seeds=parse_seeds(args.seeds) if args.seeds is not None else (DEFAULT_SEED,),
+        task_seeds=DEMO_TASK_SEEDS if demo and args.seeds is None else (),
     )  # fmt: skip
 
 
@@ -223,7 +225,7 @@ def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
 
         pipeline.say(f"\n{PROBE_TITLE}\n" + probe.format_table(
             [r for path in planner.probe_csvs for r in probe.read_csv(path) if r.perturbation == probe.SCORE]))
-    pipeline.say(f"{len(rows)} rows of this invocation in {settings.results}")
+    pipeline.say(f"{len(rows)} rows of this run in {settings.results}")
     if settings.demo:
         pipeline.say(DEMO_NOTICE)
     return 0

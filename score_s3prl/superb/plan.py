@@ -164,7 +164,7 @@ class Planner:
         if self._units is None:
             self._units = []
             for task in self.settings.tasks:
-                seeds: tuple[int | None, ...] = self.settings.seeds if RECIPES[task].plan == "trained" else (None,)
+                seeds: tuple[int | None, ...] = self.settings.seeds_of(task) if RECIPES[task].plan == "trained" else (None,)
                 for upstream in self.settings.upstreams:
                     self._units += [getattr(self, RECIPES[task].plan)(task, upstream, seed) for seed in seeds]
         return self._units

@@ -121,6 +121,13 @@ class Settings:
     probe_audio: Path | None = None  # held-out audio of the probe task (None: not given)
     probe_utterances: int = PROBE_UTTERANCES  # the probe's first N files of probe_audio
     seeds: tuple[int, ...] = (DEFAULT_SEED,)  # s3prl --seed of each downstream training (ASR, PR)
+    # per-task seeds instead of ``seeds`` (task -> seeds): the demo trains two seeds of PR only, to
+    # stay within its time while still showing mean ± sd over seeds
+    task_seeds: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def seeds_of(self, task: str) -> tuple[int, ...]:
+        """The downstream seeds ``task`` trains with."""
+        return dict(self.task_seeds).get(task, self.seeds)
 
     @property
     def baseline_system(self) -> str:

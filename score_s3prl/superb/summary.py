@@ -234,7 +234,7 @@ def _check_values(rows: Sequence[ResultRow], runs: Sequence[Statistic], n_items:
 
 
 def _value(mean: float, sd: float) -> str:
-    return f"{mean:.4g}" + ("" if math.isnan(sd) else f" ± {sd:.2g}")
+    return f"{mean:.4g}" + ("" if math.isnan(sd) else f" ± {sd:.3g}")
 
 
 def _pct(value: float) -> str:
@@ -369,6 +369,8 @@ def report(out_dir: str | os.PathLike, csv_path: str | os.PathLike, plot_path: s
     from . import results
 
     rows = results.assemble(out_dir, csv_path) if merge else results.with_gains(results.collect_rows(out_dir))
+    order = list(RECIPES)
+    rows = sorted(rows, key=lambda r: order.index(r.task) if r.task in order else len(order))  # stable
     summary = summarise(rows, resamples, seed)
     path = Path(csv_path).with_name(SUMMARY_FILE)
     write_summary(path, summary)
