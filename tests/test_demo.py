@@ -51,7 +51,7 @@ def test_demo_runs_all_tasks_for_base_and_score(demo):
     assert [r["upstream"] for r in rows[4:6]] == ["score_hubert_local"] * 2  # PR: the baseline's seeds first
     base = [r for r in rows if r["upstream"] == "hubert_local"]
     score = [r for r in rows if r["upstream"] == "score_hubert_local"]
-    assert len(base) == len(score) == 6
+    assert len(base) == len(score) == 5
     assert {r["checkpoint"] for r in base} == {str(folder / "models" / "tiny_base.pt")}
     assert {r["checkpoint"] for r in score} == {str(folder / "score_tiny" / "score_hubert.pt")}
     assert all(r["relative_gain_vs_baseline_%"] == "" for r in base)

@@ -140,24 +140,21 @@ def format_comparison(comparison: Comparison, metric: str, base_name: str, tuned
     ])  # fmt: skip
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
+def int_at_least(minimum: int, name: str):
+    """An argparse type: a whole number >= ``minimum``; argparse reports others as
+    "invalid <name> value"."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-positive_int.__name__ = "positive integer"
-
-
-def seed_value(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-seed_value.__name__ = "seed (0 or more)"
+positive_int = int_at_least(1, "positive integer")  # --resamples
+seed_value = int_at_least(0, "seed (0 or more)")  # --seed: numpy takes no negative seed
 
 
 def main(argv: list[str] | None = None) -> int:
