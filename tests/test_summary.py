@@ -173,16 +173,30 @@ def test_checkpoint_identity_reads_the_tuned_checkpoints_metadata(tmp_path):
         write_converted(path, {}, {"encoder_layers": layers, "encoder_embed_dim": dim}, {}, [[]], score=score)
         return str(path)
 
-    base_size = converted("a.pt", 12, 768, {"method": "LASER", "architecture": "hubert"})
+    base_size = converted("a.pt", 12, 768, {"method": "LASER", "architecture": "hubert",
+                                             "base_model": "local:/x/hubert.pt sha256:00"})
     assert checkpoint_identity("score_hubert_local", base_size) == ("LASER", "hubert_base")
+    named = converted("n.pt", 12, 768, {"method": "score", "architecture": "hubert", "base_model": "hubert sha256:0"})
+    assert checkpoint_identity("score_hubert_local", named) == ("SCORE", "hubert_base")  # s3prl's alias
+    large = converted("l.pt", 24, 1024, {"method": "SCORE", "architecture": "hubert",
+                                         "base_model": "hubert_large_ll60k sha256:00"})
+    assert checkpoint_identity("score_hubert_local", large) == ("SCORE", "hubert_large_ll60k")
+    assert RECIPES["pr"].paper_gains.get(("SCORE", "hubert_large_ll60k")) is None  # so: no paper bar
     tiny = converted("b.pt", 2, 32, {"method": "SCORE", "architecture": "hubert"})
-    assert checkpoint_identity("score_hubert_local", tiny) is None  # not the size the paper tuned
+    assert checkpoint_identity("score_hubert_local", tiny) is None  # not a base the paper tuned
     assert checkpoint_identity("score_hubert_local", converted("c.pt", 12, 768, None)) is None  # no metadata
     assert checkpoint_identity("hubert_base", "") is None
-    wavlm = tmp_path / "w.pt"
-    write_wavlm(wavlm, {"encoder_layers": 12, "encoder_embed_dim": 768}, {},
-                score={"method": "LASER", "architecture": "wavlm"})
-    assert checkpoint_identity("score_wavlm_local", str(wavlm)) == ("LASER", "wavlm_base")
+
+    def wavlm(name, base_model):
+        path = tmp_path / name
+        write_wavlm(path, {"encoder_layers": 12, "encoder_embed_dim": 768}, {},
+                    score={"method": "LASER", "architecture": "wavlm", "base_model": base_model})
+        return str(path)
+
+    assert checkpoint_identity("score_wavlm_local", wavlm("w.pt", "wavlm_base sha256:0")) == ("LASER", "wavlm_base")
+    # s3prl's default "wavlm" is Base+, which LASER did not report; a local WavLM file: Base or Base+?
+    assert checkpoint_identity("score_wavlm_local", wavlm("p.pt", "wavlm sha256:0")) == ("LASER", "wavlm_base_plus")
+    assert checkpoint_identity("score_wavlm_local", wavlm("f.pt", "local:/w.pt sha256:0")) is None
     assert checkpoint_identity("some_upstream", base_size) is None
 
 

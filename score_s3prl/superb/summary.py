@@ -119,14 +119,31 @@ def run_statistics(task: str, group: Sequence[ResultRow]) -> tuple[list[Statisti
 
 # -- which paper number applies ---------------------------------------------------------------
 
-BASE_SIZES = {(12, 768): "base"}  # (layers, width) -> size name; the papers tuned Base models
+HUBERT_BASE_SHAPE = (12, 768)  # (layers, width) of HuBERT Base, the SCORE and LASER papers' HuBERT
+
+
+def base_name(metadata: dict, architecture: str, model_cfg: dict) -> str | None:
+    """The named base a tuned checkpoint was fine-tuned from, e.g. "hubert_base", "wavlm_base_plus".
+
+    From the fine-tuning metadata's ``base_model`` when it names one of s3prl's bases (its aliases
+    "hubert", "wavlm" resolve to the explicit name of the same file). A local file or transformers
+    folder is known by its shape only: a HuBERT of Base's shape counts as "hubert_base"; a WavLM
+    none, since WavLM Base+ has WavLM Base's shape.
+    """
+    from ..checkpoints.bases import BASE_URLS
+
+    source = str(metadata.get("base_model", "")).split(" ")[0]
+    if source in BASE_URLS:
+        return max((name for name, url in BASE_URLS.items() if url == BASE_URLS[source]), key=len)
+    shape = (model_cfg.get("encoder_layers"), model_cfg.get("encoder_embed_dim"))
+    return "hubert_base" if architecture == "hubert" and shape == HUBERT_BASE_SHAPE else None
 
 
 @lru_cache(maxsize=None)
 def checkpoint_identity(upstream: str, checkpoint: str) -> tuple[str, str] | None:
-    """(method, base) of a tuned checkpoint from its own metadata, e.g. ("SCORE", "hubert_base");
-    None when the upstream is not one of ours, the file has no fine-tuning metadata, or the model
-    is of a size the papers did not tune (a tiny demo model)."""
+    """(method, base) of a tuned checkpoint from its own metadata, e.g. ("SCORE", "hubert_base")
+    (:func:`base_name`); None when the upstream is not one of ours, the file has no fine-tuning
+    metadata, or its base is not known by name (a tiny demo model, a local WavLM)."""
     from .checks import CONVERTED_HUBERT_ENTRIES, WAVLM_ENTRIES
 
     ours = upstream in CONVERTED_HUBERT_ENTRIES or upstream in WAVLM_ENTRIES
@@ -145,11 +162,11 @@ def checkpoint_identity(upstream: str, checkpoint: str) -> tuple[str, str] | Non
     metadata, model = state.get("score"), state.get(config)
     if not isinstance(metadata, dict) or not isinstance(model, dict):
         return None
-    size = BASE_SIZES.get((model.get("encoder_layers"), model.get("encoder_embed_dim")))
     method, architecture = metadata.get("method"), metadata.get("architecture")
-    if size is None or not isinstance(method, str) or not isinstance(architecture, str):
+    if not isinstance(method, str) or not isinstance(architecture, str):
         return None
-    return method.upper(), f"{architecture}_{size}"
+    base = base_name(metadata, architecture, model)
+    return None if base is None else (method.upper(), base)
 
 
 def paper_gain(task: str, rows: Sequence[ResultRow],
