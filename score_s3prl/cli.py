@@ -16,6 +16,7 @@ from .stack import require_loadable
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
+    "compare": ("score_s3prl.superb.compare", "a tuned s3prl run vs a baseline run: gain, 95% paired-bootstrap CI, verdict"),
     "downstream": ("score_s3prl.run_downstream", "run s3prl's run_downstream.py with SCORE upstreams"),
     "export": ("score_s3prl.export", "write a tuned checkpoint as a transformers directory (--format hf)"),
     "fetch": ("score_s3prl.fetch", "download named bases (hubert_large_ll60k, ...) into s3prl's cache ahead"),
@@ -23,6 +24,7 @@ SUBCOMMANDS = {
     "make-tiny": ("score_s3prl.tiny", "write a tiny random HuBERT checkpoint (tests, demos)"),
     "probe": ("score_s3prl.probe", "layer-wise invariance of any upstream to speed and pitch (no labels)"),
     "qbe-score": ("score_s3prl.superb.mtwv", "MTWV of a QbE stdlist against QUESST14 ground truth"),
+    "results": ("score_s3prl.superb.summary", "rebuild a SUPERB run folder's CSV, superb_summary.csv, tables and chart"),
     "superb": ("score_s3prl.superb.cli", "SUPERB ASR / PR / QbE, baseline vs SCORE (run_superb.sh)"),
 }
 

@@ -99,7 +99,9 @@ class Recipe:
         paper_settings: ``-o`` values of the SCORE paper's evaluation beyond the config.
         worker_keys: config keys of dataloader worker counts (``--workers``).
         demo_settings: ``-o`` values of the tiny-model demo.
-        paper_gain_pct: the SCORE paper's relative gain over HuBERT Base, percent.
+        paper_gains: the papers' relative gains in percent, keyed by (method, base) as a tuned
+            checkpoint's metadata names them: SCORE (ICASSP 2024) on HuBERT Base, LASER
+            (Interspeech 2024) on HuBERT Base and WavLM Base; a pair a paper does not report is absent.
         plan: the ``Planner`` method (:mod:`score_s3prl.superb.plan`) that builds the task's stages.
     """
 
@@ -120,7 +122,7 @@ class Recipe:
     paper_settings: Mapping[str, Any] = field(default_factory=dict)
     worker_keys: tuple[str, ...] = ()
     demo_settings: Mapping[str, Any] = field(default_factory=dict)
-    paper_gain_pct: float | None = None
+    paper_gains: Mapping[tuple[str, str], float] = field(default_factory=dict)
     plan: str
 
     def __post_init__(self) -> None:
@@ -342,6 +344,9 @@ def _qbe_overrides(paths: DataPaths) -> dict[str, Any]:
     return {f"{EXPERT}.datarc.dataset_root": str(paths.quesst_root)}
 
 
+# (method, base) keys of Recipe.paper_gains; LASER reports no QbE
+SCORE_HUBERT, LASER_HUBERT, LASER_WAVLM = ("SCORE", "hubert_base"), ("LASER", "hubert_base"), ("LASER", "wavlm_base")
+
 RECIPES: dict[str, Recipe] = {
     "asr": Recipe(
         task="asr", downstream="asr", config="asr.yaml", metric="wer", lower_is_better=True,
@@ -350,7 +355,7 @@ RECIPES: dict[str, Recipe] = {
         check_config=_check_asr, worker_keys=(f"{EXPERT}.datarc.num_workers",),
         demo_settings={f"{EXPERT}.datarc.batch_size": 4, f"{EXPERT}.modelrc.project_dim": 16,
                        f"{EXPERT}.modelrc.RNNs.dim": [16, 16]},
-        paper_gain_pct=1.09, plan="trained",
+        paper_gains={SCORE_HUBERT: 1.09, LASER_HUBERT: 3.7, LASER_WAVLM: 4.1}, plan="trained",
     ),
     "pr": Recipe(
         task="pr", downstream="ctc", config="libriphone.yaml", metric="per", lower_is_better=True,
@@ -360,13 +365,13 @@ RECIPES: dict[str, Recipe] = {
         check_config=_check_ctc, paper_settings={"config.optimizer.lr": 5.0e-4},
         worker_keys=(f"{EXPERT}.corpus.num_workers",),
         demo_settings={"config.runner.gradient_accumulate_steps": 1, f"{EXPERT}.corpus.batch_size": 2},
-        paper_gain_pct=3.58, plan="trained",
+        paper_gains={SCORE_HUBERT: 3.58, LASER_HUBERT: 8.2, LASER_WAVLM: 11.7}, plan="trained",
     ),
     "qbe": Recipe(
         task="qbe", downstream="quesst14_dtw", config="quesst14_dtw.yaml", metric="mtwv", lower_is_better=False,
         test_split="test", best_checkpoint=None, data_roots=("quesst_root",), data_overrides=_qbe_overrides,
         check_config=_check_quesst, worker_keys=(f"{EXPERT}.datarc.num_workers",),
-        demo_settings={f"{EXPERT}.max_workers": 1}, paper_gain_pct=12.65, plan="qbe",
+        demo_settings={f"{EXPERT}.max_workers": 1}, paper_gains={SCORE_HUBERT: 12.65}, plan="qbe",
     ),
     # label-free: the layer-wise invariance probe (score_s3prl/probe.py) on held-out audio, the last
     # layer's value for SCORE's own views; its audio (dev-clean or --probe-audio) is checked by

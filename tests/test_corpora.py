@@ -69,7 +69,7 @@ def test_every_recipe_is_complete():
         assert callable(getattr(Planner, recipe.plan)), recipe.plan
         if recipe.downstream is None:  # label-free (the probe): nothing of s3prl's, never found by -d
             assert recipe.config_path is None and recipe.check_config is None and recipe.data_overrides is None
-            assert recipe.prepare is None and not recipe.assets and recipe.paper_gain_pct is None
+            assert recipe.prepare is None and not recipe.assets and not recipe.paper_gains
             continue
         assert by_downstream(recipe.downstream) is recipe and config_path(recipe.downstream) == recipe.config_path
         config = yaml.safe_load(recipe.config_path.read_text())

@@ -44,31 +44,49 @@ def test_demo_runs_all_tasks_for_base_and_score(demo):
     assert out.count("NOT SUPERB numbers") == 2
     with open(folder / "superb_results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["task"], r["metric"], r["split"]) for r in rows] == [
-        ("asr", "wer", "test-clean"), ("asr", "wer", "test-clean"), ("pr", "per", "test"),
-        ("pr", "per", "test"), ("qbe", "mtwv", "test"), ("qbe", "mtwv", "test"),
-        ("probe", "view_divergence", "test-other"), ("probe", "view_divergence", "test-other")]
-    base, score = rows[0::2], rows[1::2]
-    assert {r["upstream"] for r in base} == {"hubert_local"}
+    # one unit per (task, upstream, seed): ASR one seed, PR two (the demo's seeds), QbE and the probe none
+    assert [(r["task"], r["metric"], r["split"], r["seed"]) for r in rows] == [
+        *[("asr", "wer", "test-clean", "1337")] * 2, *[("pr", "per", "test", s) for s in ("1", "2")] * 2,
+        *[("qbe", "mtwv", "test", "")] * 2, *[("probe", "view_divergence", "test-other", "")] * 2]
+    assert [r["upstream"] for r in rows[4:6]] == ["score_hubert_local"] * 2  # PR: the baseline's seeds first
+    base = [r for r in rows if r["upstream"] == "hubert_local"]
+    score = [r for r in rows if r["upstream"] == "score_hubert_local"]
+    assert len(base) == len(score) == 5
     assert {r["checkpoint"] for r in base} == {str(folder / "models" / "tiny_base.pt")}
-    assert {r["upstream"] for r in score} == {"score_hubert_local"}
     assert {r["checkpoint"] for r in score} == {str(folder / "score_tiny" / "score_hubert.pt")}
     assert all(r["relative_gain_vs_baseline_%"] == "" for r in base)
-    for b, s in zip(base, score):
+    for b, s in zip(base, score):  # each pairs with the baseline's run of the same task and seed
+        assert (b["task"], b["seed"]) == (s["task"], s["seed"])
         lower = b["lower_is_better"] == "true"
         expected = results.relative_gain(float(s["value"]), float(b["value"]), lower)
         gain = float(s["relative_gain_vs_baseline_%"])  # NaN where the baseline scores 0 (tiny QbE)
         assert gain == pytest.approx(expected, rel=1e-5, abs=1e-9, nan_ok=True)
     # the metrics are recomputed from the files s3prl wrote
-    for row in rows[:4]:
+    for row in rows[:6]:
         rate = metrics.recipe_error_rate(row["run_dir"], row["task"], row["split"])
         assert float(row["value"]) == pytest.approx(rate.percent)
-    for row in rows[4:6]:
+    for row in rows[6:8]:
         truth = folder / "data" / "quesst14Database" / "scoring" / "groundtruth_quesst14_eval"
         score_ = mtwv.qbe_score(Path(row["run_dir"]) / "benchmark.stdlist.xml", truth)
         assert float(row["value"]) == pytest.approx(score_.max_twv)
     assert (folder / "superb_gains.png").read_bytes()[:4] == b"\x89PNG"
-    assert "paper gain" in out and "+12.65%" in out
+
+
+def test_demo_summary_has_an_interval_and_a_verdict_per_comparison(demo):
+    cwd, out = demo
+    with open(cwd / "demo" / "superb_summary.csv", newline="") as handle:
+        summary = {r["task"]: r for r in csv.DictReader(handle)}
+    assert list(summary) == ["asr", "pr", "qbe", "probe"]
+    pr = summary["pr"]
+    assert (pr["n_seeds"], pr["n_runs"], pr["resamples"]) == ("2", "2", "10000")
+    assert float(pr["ci95_low"]) <= float(pr["rel_gain_pct"]) <= float(pr["ci95_high"])
+    expected = "better" if float(pr["ci95_low"]) > 0 else "worse" if float(pr["ci95_high"]) < 0 else "no evidence"
+    assert pr["verdict"] == expected and pr["baseline_sd"] != "" and 0 <= float(pr["p_better"]) <= 1
+    # a tiny random model is not the HuBERT Base the paper tuned: no paper gain beside it
+    assert all(r["paper_gain_pct"] == "" for r in summary.values())
+    line = next(x for x in out.splitlines() if x.startswith("pr ") and "(vs " in x)
+    assert line.rstrip().endswith(pr["verdict"]) and "±" in line and "%, " in line
+    assert "positive = better" in out
 
 
 def test_demo_probes_base_and_score_on_held_out_speakers(demo):
@@ -91,13 +109,13 @@ def test_demo_probes_base_and_score_on_held_out_speakers(demo):
     heard = {p.parent.parent.name for s in tuned for p in demo_data.ASSETS.joinpath(s).rglob("*.flac")}
     probed_speakers = {p.parent.parent.name for p in demo_data.ASSETS.joinpath("test-other").rglob("*.flac")}
     assert heard and probed_speakers and not heard & probed_speakers
-    assert "invariance probe" in out and out.index("invariance probe") > out.index("paper gain")
+    assert "invariance probe" in out and out.index("invariance probe") > out.index("95% CI")
 
 
 def test_demo_rerun_skips_everything(demo):
     cwd, _ = demo
     before = (cwd / "demo" / "superb_results.csv").read_bytes()
     out = run_superb(cwd, "demo", "--steps", "2", "--finetune-steps", "4").stdout
-    assert "running" not in out and out.count("done before, skipped") == 25
+    assert "running" not in out and out.count("done before, skipped") == 31
     assert "rows of this run in" in out
     assert (cwd / "demo" / "superb_results.csv").read_bytes() == before

@@ -35,7 +35,8 @@ def test_results_csv_chart_checkpoint_and_text_files_get_the_umask_mode(umask, t
     import dataclasses
     import json
 
-    from score_s3prl.superb.results import ResultRow, assemble, plot_gains
+    from score_s3prl.superb.results import ResultRow, assemble
+    from score_s3prl.superb.summary import SummaryRow, plot_summary, write_summary
 
     expected = 0o666 & ~umask
     rows = [ResultRow(task="pr", metric="per", upstream=name, checkpoint="", split="test", value=value,
@@ -51,14 +52,21 @@ def test_results_csv_chart_checkpoint_and_text_files_get_the_umask_mode(umask, t
     assemble(tmp_path / "exp", csv_path)
     assert len(csv_path.read_text().splitlines()) == 1 + len(rows)  # replaced, not appended twice
     png = tmp_path / "results" / "superb_gains.png"
-    plot_gains(rows, png)
+    compared = SummaryRow(task="pr", metric="per", split="test", baseline="hubert_base", system="score_hubert",
+                          n_seeds=1, n_runs=1, baseline_mean=5.4, baseline_sd=float("nan"), mean=5.2,
+                          sd=float("nan"), rel_gain_pct=3.7, ci95_low=1.0, ci95_high=6.0, p_better=0.99,
+                          verdict="better", n_items=10, resamples=100, bootstrap_seed=0, lower_is_better=True,
+                          paper_gain_pct=3.58)
+    plot_summary([compared], png)
+    summary_csv = tmp_path / "results" / "superb_summary.csv"
+    write_summary(summary_csv, [compared])
     ckpt = tmp_path / "export.pt"
     write_converted(ckpt, **tiny_hubert_state(seed=0))
     text = tmp_path / "note.txt"
     atomic_write_text(text, "x\n")
     with run_lock(tmp_path / "run"):
         lock = next((tmp_path / "run").iterdir())
-    for path in (csv_path, png, ckpt, text, lock):
+    for path in (csv_path, png, summary_csv, ckpt, text, lock):
         assert mode(path) == expected, f"{path.name}: {oct(mode(path))}, expected {oct(expected)}"
 
 

@@ -1,5 +1,5 @@
-"""Results CSV (assembled from run folders, schema, legacy files), relative gains, summary table,
-gains plot, run identity."""
+"""Results CSV (assembled from run folders, schema, legacy files), relative gains, the runs' table,
+run identity (the summary, its table and chart: test_summary.py)."""
 
 import csv
 import dataclasses
@@ -7,23 +7,20 @@ import json
 import math
 import re
 
-import matplotlib.image
 import pytest
 
 from score_s3prl.errors import ScoreError
 from score_s3prl.superb.results import (
     COLUMNS,
     HEADER,
-    PAPER_GAINS,
     LEGACY_COLUMNS,
     ResultRow,
     assemble,
     collect_rows,
     git_commit,
-    plot_gains,
     read_results,
     relative_gain,
-    summary_table,
+    runs_table,
 )
 
 
@@ -167,37 +164,25 @@ def test_read_results_round_trip(tmp_path):
     assert frame["config_hash"].iloc[0] == "0123456789"  # kept as text, not a number
 
 
-def test_summary_table_puts_paper_gains_beside_ours():
-    table = summary_table(run_rows())
-    lines = table.splitlines()
-    assert lines[0].split() == "task metric split upstream seed value gain paper gain".split()
-    asr = next(line for line in lines if "score_hubert_local" in line and line.startswith("asr"))
-    assert "+1.09%" in asr and "6.3500" in asr and f"{(6.42 - 6.35) / 6.42 * 100:+.2f}%" in asr
-    qbe = next(line for line in lines if "score_hubert_local" in line and line.startswith("qbe"))
-    assert f"{PAPER_GAINS['qbe']:+.2f}%" in qbe
-    assert "baseline" in next(line for line in lines if "hubert_local " in line)
+def test_runs_table_shows_each_run_with_its_seed_and_gain():
+    rows = [dataclasses.replace(r, seed=7, label=f"{r.upstream}--s7", system=r.upstream) for r in run_rows()]
+    lines = runs_table(rows).splitlines()
+    assert lines[0].split() == "task metric split upstream system seed value gain".split()
+    asr = next(line for line in lines if "score_hubert_local--s7" in line and line.startswith("asr"))
+    assert "6.3500" in asr and f"{(6.42 - 6.35) / 6.42 * 100:+.2f}%" in asr and " 7 " in asr
+    assert "%" not in lines[1] and "baseline" in lines[1]  # no paper column: the summary's table has it
 
 
 def test_undefined_gain_is_not_shown_as_a_baseline(tmp_path):
-    # A baseline MTWV of 0 leaves the gain undefined (NaN): it reads "n/a", beside the paper's.
+    # A baseline MTWV of 0 leaves the gain undefined (NaN): it reads "n/a"
     rows = [row("qbe", "mtwv", "hubert_local", 0.0, False),
             row("qbe", "mtwv", "score_hubert_local", 0.0, False, relative_gain(0.0, 0.0, False))]
     for r in rows:
         write_marker(tmp_path / "run", f"qbe/{r.upstream}", "score-test", [r])
     assemble(tmp_path / "run", tmp_path / "r.csv")
     for source in (rows, read_results(tmp_path / "r.csv")):
-        score_line = summary_table(source).splitlines()[2]
-        assert "n/a" in score_line and f"{PAPER_GAINS['qbe']:+.2f}%" in score_line
-
-
-def test_plot_gains_writes_a_png(tmp_path):
-    path = tmp_path / "plots" / "gains.png"
-    plot_gains(run_rows(), path)
-    data = path.read_bytes()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n")
-    image = matplotlib.image.imread(path)
-    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
-    assert sorted(p.name for p in path.parent.iterdir()) == ["gains.png"]
+        score_line = runs_table(source).splitlines()[2]
+        assert "n/a" in score_line and "baseline" not in score_line
 
 
 def test_git_commit(tmp_path, monkeypatch):

@@ -42,6 +42,13 @@ def test_trained_tasks_have_one_unit_per_seed_and_the_others_one_per_upstream(tm
     assert {stage.name for stage in shared} == {"prepare/asr", "prepare/pr"}
 
 
+def test_the_demo_trains_two_seeds_of_pr_and_one_of_asr(tmp_path):
+    demo = cli.settings_from(cli.parse_args(["demo", "--out", str(tmp_path / "demo")]))
+    assert (demo.seeds_of("asr"), demo.seeds_of("pr")) == ((1337,), (1, 2))
+    given = cli.settings_from(cli.parse_args(["demo", "--seeds", "5", "--out", str(tmp_path / "demo")]))
+    assert (given.seeds_of("asr"), given.seeds_of("pr")) == ((5,), (5,))  # --seeds applies to every task
+
+
 def test_default_is_one_seed_s3prls_own(tmp_path):
     s = settings(tmp_path, "asr", "--upstream", "hubert_base")
     assert s.seeds == (1337,)

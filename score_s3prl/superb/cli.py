@@ -36,8 +36,10 @@ any stage starts. One run at a time per ``--out``: a second stops at once, namin
 upstream checkpoint changed (``--force`` redoes them all), and a training that died resumes from its
 last ``states-*.ckpt``; ``--dry-run``
 prints the commands. Each measurement is a row of the results CSV (``--results``; a rerun replaces
-its rows), and a summary table (our relative gains beside the paper's) and a bar chart (``--plot``)
-end the run.
+its rows); the run ends with :func:`.summary.report` over every finished unit under ``--out``:
+``superb_summary.csv`` beside the CSV (per task, split and system: mean ± sd over seeds, the relative
+gain, its 95 % paired-bootstrap interval, P(better), a verdict, the paper's gain for the same method
+and base), its table and a bar chart (``--plot``). ``score-s3prl results OUT`` rebuilds them.
 
 ``demo`` needs no data and no weights (:mod:`.demo`): tiny models, bundled audio, the four
 tasks on the CPU in about 5 minutes on 2 cores; its numbers are not SUPERB numbers.
@@ -57,10 +59,10 @@ from ..errors import ScoreError
 from ..lexicons import CMUDICT, G2P, Lexicon, parse_lexicon
 from ..recipes import RECIPES
 from ..runlock import run_lock
-from . import results
+from . import results, summary
 from .checks import check_inputs
-from .demo import DEMO_FINETUNE_STEPS, DEMO_NOTICE, DEMO_STEPS, PROBE_AUDIO, demo_stages
-from .plan import Planner, main_rows
+from .demo import DEMO_FINETUNE_STEPS, DEMO_NOTICE, DEMO_STEPS, DEMO_TASK_SEEDS, PROBE_AUDIO, demo_stages
+from .plan import Planner
 from .settings import (DEFAULT_SEED, DEFAULT_UPSTREAMS, ENV, LAST_LAYER, PROBE_SPLIT, PROBE_UTTERANCES, Settings,
                        Upstream, distinct_labels, parse_upstream)
 from .stages import Pipeline
@@ -80,9 +82,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="s3prl upstream, repeatable, the first is the baseline; upstreams given the same "
                              "SYSTEM (e.g. fine-tuning seeds) are one system in the summary "
                              "(default: hubert_base, score_hubert=$SCORE_HUBERT_CKPT)")
-    parser.add_argument("--seeds", default=str(DEFAULT_SEED), metavar="S[,S...]",
+    parser.add_argument("--seeds", metavar="S[,S...]",
                         help=f"s3prl --seed of each ASR/PR downstream training, the same for every upstream "
-                             f"so that runs pair up (default: {DEFAULT_SEED}, s3prl's own)")
+                             f"so that runs pair up (default: {DEFAULT_SEED}, s3prl's own; demo: "
+                             + "; ".join(f"{t} {','.join(map(str, seeds))}" for t, seeds in DEMO_TASK_SEEDS)
+                             + f", else {DEFAULT_SEED})")
     parser.add_argument("--libri-root", type=Path, metavar="DIR", help="LibriSpeech folder with train-clean-100, dev-clean, test-clean")
     parser.add_argument("--quesst-root", type=Path, metavar="DIR", help="the quesst14Database folder")
     parser.add_argument("--lexicon", metavar="g2p|cmudict|FILE",
@@ -188,7 +192,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         # tiny models gain nothing from more threads, and spinning OpenMP threads slow a shared CPU
         env=(("OMP_NUM_THREADS", "1"),) if demo else (),
         probe_audio=probe_audio.expanduser().resolve() if probe_audio else None, probe_utterances=args.probe_utterances,
-        seeds=parse_seeds(args.seeds),
+        seeds=parse_seeds(args.seeds) if args.seeds is not None else (DEFAULT_SEED,),
+        task_seeds=DEMO_TASK_SEEDS if demo and args.seeds is None else (),
     )  # fmt: skip
 
 
@@ -225,19 +230,17 @@ def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
     if args.dry_run:
         return 0
     rows = results.assemble(settings.out, settings.results, score_stages)
-    pipeline.say("\n" + results.summary_table(rows))
     if "pr" in settings.tasks:  # the lexicon decides PR's labels: a PER is comparable only under the same one
         cmudict = settings.lexicon_source == CMUDICT and not settings.lexicon
         caveat = "; not comparable with published PER" if cmudict else ""
         pipeline.say(f"pr lexicon: {planner.data_detail('pr')['lexicon']}{caveat}")
+    # every finished unit under --out, this invocation's and earlier ones' (tasks run one at a time)
+    pipeline.say("\n" + summary.report(settings.out, settings.results, settings.plot, merge=False))
     if planner.probe_csvs:
         from .. import probe
 
         pipeline.say(f"\n{PROBE_TITLE}\n" + probe.format_table(
             [r for path in planner.probe_csvs for r in probe.read_csv(path) if r.perturbation == probe.SCORE]))
-    if any(r.relative_gain_pct is not None for r in main_rows(rows)):
-        results.plot_gains(main_rows(rows), settings.plot)
-        pipeline.say(f"gains chart: {settings.plot}")
     pipeline.say(f"{len(rows)} rows of this run in {settings.results}")
     if settings.demo:
         pipeline.say(DEMO_NOTICE)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import editdistance
+import numpy as np
 
 from ..errors import ScoreError
 
@@ -82,12 +83,30 @@ def _examples(ids: list[str], limit: int = 3) -> str:
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
-def error_rate(
+@dataclass(frozen=True)
+class ItemErrors:
+    """Per-utterance errors of one system on one test set: what the paired bootstrap resamples.
+
+    The corpus-level rate is ``100 * edits.sum() / ref_tokens.sum()``.
+    """
+
+    items: tuple[str, ...]  # utterance ids, reference file order
+    edits: np.ndarray  # (utterances,) int64: substitutions + deletions + insertions
+    ref_tokens: np.ndarray  # (utterances,) int64: reference tokens (words or phones)
+
+    @property
+    def total(self) -> ErrorRate:
+        """The corpus-level :class:`ErrorRate` of these utterances."""
+        return ErrorRate(edits=int(self.edits.sum()), ref_tokens=int(self.ref_tokens.sum()),
+                         utterances=len(self.items))
+
+
+def item_errors(
     hyps: dict[str, list[str]],
     refs: dict[str, list[str]],
     source: str = "hypotheses",
-) -> ErrorRate:
-    """Corpus-level error rate of ``hyps`` against ``refs`` (utterance id -> tokens).
+) -> ItemErrors:
+    """Edits and reference tokens of every reference utterance of ``refs`` (id -> tokens).
 
     A reference utterance without a hypothesis counts as all deletions and one without a
     reference is ignored, each with a warning naming ``source``.
@@ -108,16 +127,31 @@ def error_rate(
             f"{source}: {len(extra)} hypotheses have no reference ({_examples(extra)}); ignored",
             stacklevel=2,
         )
-    edits = sum(editdistance.eval(hyps.get(utt, []), ref) for utt, ref in refs.items())
-    ref_tokens = sum(len(ref) for ref in refs.values())
-    if ref_tokens == 0:
+    edits = [editdistance.eval(hyps.get(utt, []), ref) for utt, ref in refs.items()]
+    ref_tokens = [len(ref) for ref in refs.values()]
+    if sum(ref_tokens) == 0:
         raise ScoreError(f"{source}: the references hold no tokens; the error rate is undefined")
-    return ErrorRate(edits=int(edits), ref_tokens=ref_tokens, utterances=len(refs))
+    return ItemErrors(items=tuple(refs), edits=np.asarray(edits, dtype=np.int64),
+                      ref_tokens=np.asarray(ref_tokens, dtype=np.int64))
+
+
+def error_rate(
+    hyps: dict[str, list[str]],
+    refs: dict[str, list[str]],
+    source: str = "hypotheses",
+) -> ErrorRate:
+    """Corpus-level error rate of ``hyps`` against ``refs`` (utterance id -> tokens); see
+    :func:`item_errors` for missing and extra utterances.
+
+    Raises:
+        ScoreError: the references hold no tokens at all (the rate is undefined).
+    """
+    return item_errors(hyps, refs, source).total
 
 
 def file_error_rate(hyp_path: str | os.PathLike, ref_path: str | os.PathLike) -> ErrorRate:
     """:func:`error_rate` of two transcript files (see :func:`read_transcripts`)."""
-    return error_rate(read_transcripts(hyp_path), read_transcripts(ref_path), source=str(hyp_path))
+    return item_errors(read_transcripts(hyp_path), read_transcripts(ref_path), source=str(hyp_path)).total
 
 
 def transcript_paths(
@@ -139,10 +173,11 @@ def transcript_paths(
     return expdir / f"{stem}-hyp.ark", expdir / f"{stem}-ref.ark"
 
 
-def recipe_error_rate(
+def recipe_item_errors(
     expdir: str | os.PathLike, task: str, split: str, lm: bool = False
-) -> ErrorRate:
-    """WER (task "asr") or PER (task "pr") of an s3prl ``-m evaluate`` run on ``split``.
+) -> ItemErrors:
+    """Per-utterance :class:`ItemErrors` of an s3prl ``-m evaluate`` run (task "asr" or "pr")
+    on ``split``: the data of a paired bootstrap (:mod:`.statistics`).
 
     Raises:
         ScoreError: a transcript file is missing (naming it and the run that should have
@@ -155,4 +190,16 @@ def recipe_error_rate(
                 f"{path}: transcript file not found; s3prl writes it in `-m evaluate -t {split}` "
                 f"(only for splits named dev* or test*)"
             )
-    return file_error_rate(hyp_path, ref_path)
+    return item_errors(read_transcripts(hyp_path), read_transcripts(ref_path), source=str(hyp_path))
+
+
+def recipe_error_rate(
+    expdir: str | os.PathLike, task: str, split: str, lm: bool = False
+) -> ErrorRate:
+    """WER (task "asr") or PER (task "pr") of an s3prl ``-m evaluate`` run on ``split``.
+
+    Raises:
+        ScoreError: a transcript file is missing (naming it and the run that should have
+            written it) or unreadable.
+    """
+    return recipe_item_errors(expdir, task, split, lm).total

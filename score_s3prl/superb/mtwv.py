@@ -37,13 +37,14 @@ import re
 import subprocess
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ArgumentParser, ScoreError
+from ..fileio import atomic_open
 from .metrics import split_lines
 
 P_TARGET = 0.0008
@@ -358,6 +359,101 @@ def max_twv(scores: np.ndarray, targets: np.ndarray, beta: float = BETA) -> tupl
     return 1.0 - beta, -math.inf
 
 
+@dataclass(frozen=True)
+class QueryLosses:
+    """Per-query detection data from which the MTWV of any multiset of queries follows.
+
+    MTWV is a maximum over thresholds of a mean over queries, so it is not a mean of per-query
+    numbers: a bootstrap over queries (:func:`resampled_mtwv`) re-maximises the threshold on each
+    resample. TWV(t) of a multiset holding query q ``c_q`` times is
+    ``1 - sum_q c_q losses[q, t] / sum_q c_q``, with ``losses[q, t]`` = query q's own
+    misses / targets + beta * false alarms / non-targets at t.
+
+    Only ``thresholds`` where a maximum can fall are kept: with non-negative weights, undetecting
+    a group of equal scores that holds only non-targets never lowers TWV, so some maximum lies
+    at a threshold whose lowest detected group holds a target (the largest distinct score below a
+    target's score), or at the highest score (nothing detected). The sweep's start
+    (1 - beta, -inf) is added by :func:`resampled_mtwv`.
+    """
+
+    thresholds: np.ndarray  # (K,) float64, ascending: detected iff score > threshold
+    losses: np.ndarray  # (queries, K) float64
+    lowest: np.ndarray  # (queries,) each query's lowest score (a draw's thresholds start there)
+    beta: float
+
+
+def query_losses(scores: np.ndarray, targets: np.ndarray, beta: float = BETA) -> QueryLosses:
+    """:class:`QueryLosses` of ``scores`` (float) and ``targets`` (bool), both (queries, files);
+    every query needs a target (as in :func:`max_twv`)."""
+    n_targets = targets.sum(axis=1)
+    if (n_targets == 0).any():
+        raise ValueError("every query needs at least one target (drop the others first)")
+    values = np.unique(scores)  # ascending distinct scores
+    below = np.searchsorted(values, scores[targets], side="left") - 1  # largest value < a target
+    thresholds = np.union1d(values[below[below >= 0]], values[-1:])
+    n_nontargets = targets.shape[1] - n_targets
+    losses = np.empty((scores.shape[0], thresholds.size))
+    for q in range(scores.shape[0]):
+        hits = np.sort(scores[q, targets[q]])
+        others = np.sort(scores[q, ~targets[q]])
+        missed = np.searchsorted(hits, thresholds, side="right")  # targets with score <= t
+        alarms = others.size - np.searchsorted(others, thresholds, side="right")  # non-targets > t
+        fa = beta * alarms / n_nontargets[q] if n_nontargets[q] else 0.0
+        losses[q] = missed / n_targets[q] + fa
+    return QueryLosses(thresholds, losses, scores.min(axis=1), float(beta))
+
+
+def resampled_mtwv(losses: QueryLosses, counts: np.ndarray) -> np.ndarray:
+    """MTWV of each resampled query set, the threshold re-maximised on each.
+
+    ``counts`` is (draws, queries): how often each query is in each draw. Row b gives exactly
+    ``max_twv(scores[idx], targets[idx])`` for the query indices ``idx`` that row counts (up to
+    float round-off). Returns (draws,) float64.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    n_queries = counts.sum(axis=1, keepdims=True)
+    values = 1.0 - (counts @ losses.losses) / n_queries
+    # a threshold under every drawn score detects all: that is the sweep's start, (1 - beta, -inf)
+    lowest = np.where(counts > 0, losses.lowest, np.inf).min(axis=1, keepdims=True)
+    values = np.where(losses.thresholds >= lowest, values, -np.inf)
+    return np.maximum(values.max(axis=1), 1.0 - losses.beta)
+
+
+QUERY_LOSSES_FILE = "per_query.npz"  # what a SUPERB QbE score stage keeps beside the stdlist
+_QUERY_LOSS_ARRAYS = ("queries", "thresholds", "losses", "lowest", "beta")
+
+
+def save_query_losses(path: str | os.PathLike, losses: QueryLosses, queries: Sequence[str]) -> None:
+    """Write ``losses`` of the queries ``queries`` (ids, row order) as a plain ``.npz`` (no pickles),
+    atomically."""
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, queries=np.asarray(queries, dtype=str), thresholds=losses.thresholds,
+                 losses=losses.losses, lowest=losses.lowest, beta=np.float64(losses.beta))
+
+
+def load_query_losses(path: str | os.PathLike) -> tuple[QueryLosses, tuple[str, ...]]:
+    """Read what :func:`save_query_losses` wrote: (losses, query ids).
+
+    Raises:
+        ScoreError: the file is missing, not an npz of these arrays, or inconsistent.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in _QUERY_LOSS_ARRAYS}
+    except FileNotFoundError:
+        raise ScoreError(f"{path}: per-query QbE file not found (the QbE score stage writes it)") from None
+    except (OSError, ValueError, KeyError) as exc:  # KeyError: an array is missing
+        raise ScoreError(f"{path}: not a per-query QbE file ({exc})") from None
+    queries, thresholds, losses, lowest = (arrays[n] for n in _QUERY_LOSS_ARRAYS[:4])
+    n = queries.shape[0] if queries.ndim == 1 else -1
+    shapes_ok = n > 0 and thresholds.ndim == 1 and losses.shape == (n, thresholds.size) and lowest.shape == (n,)
+    if not shapes_ok or arrays["beta"].shape != () or not all(
+            np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() for a in (losses, lowest, arrays["beta"])):
+        raise ScoreError(f"{path}: per-query QbE file has inconsistent or non-finite arrays")
+    return QueryLosses(thresholds.astype(np.float64), losses.astype(np.float64), lowest.astype(np.float64),
+                       float(arrays["beta"])), tuple(str(q) for q in queries)
+
+
 def score_trials(
     trials: Trials, default_score: float = DEFAULT_SCORE, beta: float = BETA
 ) -> QbeScore:
@@ -383,10 +479,15 @@ def qbe_score(
     stdlist: str | os.PathLike,
     groundtruth_dir: str | os.PathLike,
     default_score: float = DEFAULT_SCORE,
+    per_query: str | os.PathLike | None = None,
 ) -> QbeScore:
-    """Score an s3prl ``benchmark.stdlist.xml`` against a QUESST ground truth directory."""
+    """Score an s3prl ``benchmark.stdlist.xml`` against a QUESST ground truth directory; with
+    ``per_query``, also write the per-query data of a bootstrap over queries there
+    (:func:`save_query_losses`)."""
     truth = load_groundtruth(groundtruth_dir)
     trials = build_trials(truth, read_stdlist(stdlist), default_score, source=str(stdlist))
+    if per_query is not None:
+        save_query_losses(per_query, query_losses(trials.scores, trials.targets), trials.queries)
     return score_trials(trials, default_score)
 
 

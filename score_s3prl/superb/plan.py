@@ -171,7 +171,7 @@ class Planner:
         if self._units is None:
             self._units = []
             for task in self.settings.tasks:
-                seeds: tuple[int | None, ...] = self.settings.seeds if RECIPES[task].plan == "trained" else (None,)
+                seeds: tuple[int | None, ...] = self.settings.seeds_of(task) if RECIPES[task].plan == "trained" else (None,)
                 for upstream in self.settings.upstreams:
                     self._units += [getattr(self, RECIPES[task].plan)(task, upstream, seed) for seed in seeds]
         return self._units
@@ -260,7 +260,9 @@ class Planner:
         truth = QBE_GROUNDTRUTH[split]
 
         def score() -> dict[str, Any]:
-            native = mtwv.qbe_score(stdlist, s.quesst_root / "scoring" / truth)
+            # the per-query data beside the stdlist: the summary's bootstrap over queries reads it
+            native = mtwv.qbe_score(stdlist, s.quesst_root / "scoring" / truth,
+                                    per_query=eval_dir / mtwv.QUERY_LOSSES_FILE)
             official = mtwv.official_mtwv(s.quesst_root, stdlist, truth)
             config = self.row_hash(task, upstream, split, layer)
             rows = [self.row(task, metric, upstream, label, native.max_twv, eval_dir, config)]
@@ -355,15 +357,3 @@ def chosen_checkpoint(best: Path) -> str:
         raise ScoreError(f"{best.parent}: training saved no checkpoint (neither {best.name} nor states-*.ckpt)")
     print(f"warning: {best} was not saved (no dev score beat the start value); evaluating {states[-1].name}")
     return str(states[-1])
-
-
-def main_rows(rows: Sequence[results.ResultRow]) -> list[results.ResultRow]:
-    """The rows the gains chart shows: each task's own metric on its test split."""
-    def main(row: results.ResultRow) -> bool:
-        spec = RECIPES[row.task]
-        if spec.test_split is None:  # the split is the measured data's name (the probe)
-            return row.metric == spec.metric
-        test = row.split == spec.test_split or row.split.startswith(f"{spec.test_split}-layer")
-        return row.metric == spec.metric and test
-
-    return [r for r in rows if main(r)]

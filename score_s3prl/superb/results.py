@@ -1,4 +1,4 @@
-"""SUPERB results: the CSV, relative gains, the summary table and the gains plot.
+"""SUPERB results: the CSV, relative gains per seed pair, and the table of the runs.
 
 ``results/superb_results.csv`` holds one row per (task, upstream, split, seed) measurement. Each
 score stage records its rows in its done-marker inside its own run directory; :func:`assemble`
@@ -29,7 +29,6 @@ from typing import Any
 import pandas as pd
 
 from ..errors import ScoreError
-from ..recipes import RECIPES
 from ..fileio import atomic_open
 
 COLUMNS = (
@@ -53,9 +52,6 @@ COLUMNS = (
 HEADER = ",".join(COLUMNS)
 LEGACY_COLUMNS = COLUMNS[:12]  # files written before seeds and systems: read, upgraded on the next write
 
-# SCORE paper (ICASSP 2024): relative gains over HuBERT Base, percent
-PAPER_GAINS = {task: r.paper_gain_pct for task, r in RECIPES.items() if r.paper_gain_pct is not None}
-TASK_ORDER = tuple(RECIPES)
 
 
 def utc_now() -> str:
@@ -291,63 +287,22 @@ def _percent(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:+.2f}%"
 
 
-def summary_table(
-    rows: Sequence[ResultRow] | pd.DataFrame, paper_gains: dict[str, float] = PAPER_GAINS
-) -> str:
-    """A plain-text table of the results, our relative gains beside the paper's."""
+def runs_table(rows: Sequence[ResultRow] | pd.DataFrame) -> str:
+    """A plain-text table of the runs: one line per measurement (upstream label, downstream seed),
+    its value and its gain over the baseline system's run of the same seed. The comparison of
+    systems, with intervals and the paper's gains, is :mod:`.summary`'s table."""
     frame = _frame(rows)
     gain = COLUMNS[7]
-    header = ("task", "metric", "split", "upstream", "seed", "value", "gain", "paper gain")
+    header = ("task", "metric", "split", "upstream", "system", "seed", "value", "gain")
     lines = [header]
     for _, row in frame.iterrows():
-        is_base = row["baseline"]
-        paper = paper_gains.get(row["task"])
         lines.append((
-            row["task"], row["metric"], row["split"], row["label"], row["seed"], f"{row['value']:.4f}",
-            "baseline" if is_base else _percent(row[gain]),
-            "" if is_base or paper is None else f"{paper:+.2f}%",
+            row["task"], row["metric"], row["split"], row["label"], row["system"], row["seed"],
+            f"{row['value']:.4f}", "baseline" if row["baseline"] else _percent(row[gain]),
         ))  # fmt: skip
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     text = ("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
     return "\n".join(text)
-
-
-def plot_gains(
-    rows: Sequence[ResultRow] | pd.DataFrame,
-    png_path: str | os.PathLike,
-    paper_gains: dict[str, float] = PAPER_GAINS,
-) -> None:
-    """Bar chart (PNG, written atomically) of relative gains per task: the paper's, and for each
-    non-baseline upstream its latest row per task."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
-    from matplotlib.figure import Figure
-
-    frame = _frame(rows)
-    gain = COLUMNS[7]
-    ours = frame[~frame["baseline"]].groupby(["task", "label"], sort=False).tail(1)
-    present = set(ours["task"]) | set(paper_gains)
-    tasks = [t for t in TASK_ORDER if t in present] + sorted(present - set(TASK_ORDER))
-    series = [("SCORE paper", [paper_gains.get(t, math.nan) for t in tasks])]
-    for upstream, group in ours.groupby("label", sort=False):
-        by_task = dict(zip(group["task"], group[gain]))
-        series.append((str(upstream), [by_task.get(t, math.nan) for t in tasks]))
-
-    figure = Figure(figsize=(2.0 + 1.6 * len(tasks), 4.0))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    width = 0.8 / len(series)
-    for k, (label, values) in enumerate(series):
-        positions = [i + (k - (len(series) - 1) / 2) * width for i in range(len(tasks))]
-        bars = axes.bar(positions, values, width, label=label)
-        axes.bar_label(bars, fmt="%.2f", fontsize=8)
-    axes.axhline(0.0, color="black", linewidth=0.8)
-    axes.set_xticks(range(len(tasks)), [t.upper() for t in tasks])
-    axes.set_ylabel("relative gain over baseline (%)")
-    axes.set_title("SUPERB: relative gain over the baseline upstream")
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_open(png_path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=120)
 
 
 def git_commit(repo_dir: str | os.PathLike | None = None) -> str:
