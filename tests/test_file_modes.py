@@ -31,7 +31,7 @@ def test_current_umask_reads_the_process_umask(umask):
 
 
 def test_results_csv_chart_checkpoint_and_text_files_get_the_umask_mode(umask, tmp_path):
-    from score_s3prl.superb.lock import run_lock
+    from score_s3prl.runlock import run_lock
     import dataclasses
     import json
 
