@@ -17,7 +17,6 @@ Needs ``transformers`` and ``safetensors`` (``pip install score-s3prl[hf]``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 
 from .checkpoint import base_architecture, build_base, rename_weights
-from .errors import ScoreError
+from .errors import ArgumentParser, ScoreError
 
 # s3prl (fairseq) names -> transformers names, shared by HuBERT and WavLM. The CNN norm rule
 # depends on the extractor mode: "default" (group norm in block 0) or "layer_norm" (every block).
@@ -160,7 +159,7 @@ def export_hf(ckpt: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="score-s3prl export", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="score-s3prl export", description=__doc__.split("\n")[0])
     parser.add_argument("ckpt", help="a SCORE/LASER export (converted HuBERT or WavLM .pt)")
     parser.add_argument("out_dir", help="directory to write")
     parser.add_argument("--format", choices=["hf"], default="hf", help="hf: a transformers model directory")

@@ -485,7 +485,11 @@ def fails_before_start(env, match: str, *argv: str, task: str = "all", **kwargs)
 
 def test_missing_data_roots(env, monkeypatch):
     monkeypatch.delenv("LIBRISPEECH_ROOT")
-    fails_before_start(env, r"^LibriSpeech root not given: pass --libri-root DIR or set \$LIBRISPEECH_ROOT$")
+    fails_before_start(env, r"^LibriSpeech root not given: pass --libri-root DIR or set \$LIBRISPEECH_ROOT$",
+                       task="asr")
+    # every problem of a run at once (the probe's audio defaults to a folder of the missing root)
+    fails_before_start(env, r"^2 problems with the inputs:\n  - LibriSpeech root not given: .*\n"
+                            r"  - probe: no held-out audio: pass --probe-audio DIR")
     fails_before_start(env, r"/nowhere: LibriSpeech root not found \(from --libri-root or \$LIBRISPEECH_ROOT\)",
                        "--libri-root", "/nowhere")
     monkeypatch.delenv("QUESST14_ROOT")
