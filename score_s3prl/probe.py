@@ -562,9 +562,16 @@ PROBE_SUPTITLE = "Invariance probe: view / other-utterance soft-DTW divergence p
 
 
 def plot(rows: Sequence[ProbeRow], path: str | os.PathLike, title: str | None = None) -> None:
-    """``probe.png``: value per layer, every upstream overlaid (one line each), one panel per
-    perturbation; all panels share both axes, the y axis starts at 0 and includes the 1.0
-    reference line (Agg, no pyplot)."""
+    """``probe.png`` (:func:`probe_figure`), written atomically."""
+    fig = probe_figure(rows, title)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+
+
+def probe_figure(rows: Sequence[ProbeRow], title: str | None = None):
+    """Value per layer, every upstream overlaid (one line each), one panel per perturbation;
+    all panels share both axes, the y axis starts at 0 and includes the labelled 1.0 reference
+    line. Returns a matplotlib ``Figure`` (Agg canvas, no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
     from matplotlib.figure import Figure
 
@@ -587,8 +594,7 @@ def plot(rows: Sequence[ProbeRow], path: str | os.PathLike, title: str | None = 
     axes[0].set_ylabel("view / other-utterance divergence\n(lower = more invariant)")
     axes[0].legend(fontsize="small", loc="lower left")
     fig.suptitle(title or PROBE_SUPTITLE, fontsize="medium")
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
+    return fig
 
 
 def plot_by_folder(csv_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:

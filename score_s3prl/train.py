@@ -303,13 +303,19 @@ def append_log(path: Path, rows: list[dict], keep_upto: int | None = None) -> No
 
 
 def plot_log(csv_path: Path, png_path: Path, method: str = "score") -> None:
-    """``loss.png`` from the log: the loss (LASER: and its two terms) per update, titled with the
-    method, and beside it the held-out probe value when the log has one."""
+    """``loss.png`` (:func:`log_figure`) from the log CSV, written atomically; none for an empty log."""
+    with open(csv_path, newline="") as handle:
+        fig = log_figure(list(csv.DictReader(handle)), method)
+    if fig is not None:
+        with atomic_open(png_path, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=120)
+
+
+def log_figure(rows: list[dict[str, str]], method: str = "score"):
+    """The loss (LASER: and its two terms) per update, titled with the method, and beside it
+    the held-out probe value when the log has one. A matplotlib ``Figure``, or None without rows."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
     from matplotlib.figure import Figure
-
-    with open(csv_path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
 
     def series(key: str) -> tuple[list[int], list[float]]:
         kept = [(int(r["update"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
@@ -317,7 +323,7 @@ def plot_log(csv_path: Path, png_path: Path, method: str = "score") -> None:
 
     probe = series("probe")
     if not series("loss")[0] and not probe[0]:
-        return
+        return None
     fig = Figure(figsize=(11 if probe[0] else 6, 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2 if probe[0] else 1, squeeze=False)[0]
@@ -342,8 +348,7 @@ def plot_log(csv_path: Path, png_path: Path, method: str = "score") -> None:
         axes[1].set_ylabel("view / other-utterance divergence\n(lower = more invariant)")
         axes[1].set_title(f"{name}: held-out probe (SCORE views; gaps: collapsed)")
         axes[1].legend(fontsize="small", loc="lower left")
-    with atomic_open(png_path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
+    return fig
 
 
 class StopRequest:
