@@ -45,7 +45,7 @@ from . import __version__
 from .checkpoint import write_converted
 from .config import TrainConfig, config_dict, config_hash, config_yaml, load_config
 from .errors import ArgumentParser, ScoreError
-from .fileio import atomic_open, atomic_torch_save, remove_stale_temps
+from .fileio import atomic_open, atomic_torch_save, atomic_write_text, remove_stale_temps
 from .runtime import DEVICE_CHOICES, device_name, resolve_device
 
 SAMPLE_RATE = 16000
@@ -421,8 +421,6 @@ class Run:
 
 def write_run_config(out: Path, cfg: TrainConfig) -> None:
     """``<out>/config.yaml``: the resolved config, which ``--config`` reads back to the same run."""
-    from .fileio import atomic_write_text
-
     header = (f"# the resolved config of this run (score-s3prl {__version__}); "
               "score-s3prl finetune --config <this file> runs it again (and resumes in its out)\n")
     atomic_write_text(out / CONFIG_FILE, header + config_yaml(cfg))
