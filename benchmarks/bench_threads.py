@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, help="cut each clip (a shorter benchmark)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from score_s3prl.checkpoint import random_hubert_state, write_converted
+    from score_s3prl.checkpoints.hubert import random_hubert_state, write_converted
     from score_s3prl.runtime import usable_cpus
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,11 +30,12 @@ def plain_text(text: str | None) -> str | None:
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """argparse's formatter, adding ``(default: X)`` to an option's help when it has a default
-    worth stating (not None / False) and the help does not state one already."""
+    """argparse's formatter: option help as plain text (:func:`plain_text`), with ``(default: X)``
+    added when the option has a default worth stating (not None / False) and the help does not
+    state one already."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help
+        text = plain_text(action.help)
         if not text or text == argparse.SUPPRESS or "default" in text:
             return text
         if not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS):

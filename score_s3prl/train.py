@@ -42,7 +42,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import write_converted
+from .checkpoints.hubert import write_converted
 from .config import TrainConfig, config_dict, config_hash, config_yaml, load_config
 from .errors import ArgumentParser, ScoreError
 from .fileio import atomic_open, atomic_torch_save, atomic_write_text, remove_stale_temps
@@ -217,7 +217,7 @@ def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = 
             written for another base checkpoint (by content, not path), another config, or
             parameters of other names or shapes. Each message says how to start over.
     """
-    from .safeload import load_checkpoint
+    from .checkpoints.safeload import load_checkpoint
 
     start_over = f"to start over, delete {path.parent} or use a new --out"
     state = load_checkpoint(path, "training state")
@@ -258,7 +258,8 @@ def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = 
 def export(path: Path, base_state: dict, base_identity: str, model, cfg, position: Position) -> None:
     """Write the tuned student merged into the base checkpoint, in the base's own s3prl format:
     the converted HuBERT dict (stock ``hubert_local``) or the WavLM dict (stock ``wavlm_local``)."""
-    from .checkpoint import base_architecture, write_wavlm
+    from .checkpoints import base_architecture
+    from .checkpoints.wavlm import write_wavlm
     from .model import student_state_for_export
 
     score = {
@@ -441,13 +442,14 @@ def setup(cfg: TrainConfig) -> Run:
     from tensorboardX import SummaryWriter
 
     from .augment import CorrespondenceViews
-    from .base_models import load_base_state
+    from .checkpoints import load_base_state
     from .data import BatchPlan
     from .model import ScoreModel, trainable_summary
     from .monitor import HeldOutProbe
 
     if not cfg.init:
-        raise ScoreError("no base model: set `init` (or --init) to hubert_base, a checkpoint or an HF dir")
+        raise ScoreError("no base model: set `init` (or --init) to a named base (hubert_base, ...), "
+                         "a checkpoint or an HF dir")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ranks = init_distributed(cfg.device)
@@ -464,7 +466,7 @@ def setup(cfg: TrainConfig) -> Run:
     base_state, base_identity = load_base_state(cfg.init)
     model = ScoreModel(base_state, **vars(cfg.model), method=cfg.method, gamma=cfg.loss.gamma,
                        bandwidth=cfg.loss.bandwidth, alpha=cfg.loss.alpha, sigma=cfg.loss.sigma,
-                       margin=cfg.loss.margin)
+                       margin=cfg.loss.margin, view_batching=cfg.laser.view_batching)
     check_min_seconds(cfg, model.student)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -629,7 +631,7 @@ def log_and_save(run: Run, loss_value: float, grad_norm: torch.Tensor, seconds: 
 def finish(run: Run, stopped: int) -> Path:
     """Save the state and, unless stopped by a signal, export; leave the process group."""
     cfg, position = run.cfg, run.position
-    from .checkpoint import base_architecture
+    from .checkpoints import base_architecture
 
     export_path = run.out / EXPORT_FILES[base_architecture(run.base_state)]
     if run.ranks.main:
@@ -754,8 +756,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     parser = ArgumentParser(prog="score-s3prl finetune", description=__doc__.split("\n")[0],
                             epilog="Flags override the --config file; key=value pairs override both.")
     parser.add_argument("--config", help="YAML config (default: the paper's settings, score_s3prl/config.py)")
-    parser.add_argument("--init", help=_flag_help("base model: hubert_base | converted .pt | fairseq .pt | HF dir",
-                                                  "init"))
+    parser.add_argument("--init", help=_flag_help(
+        "base model: a named base (hubert_base, hubert_large_ll60k, wavlm_large, ...; score-s3prl fetch --help "
+        "lists them) | converted .pt | fairseq .pt | HF dir", "init"))
     parser.add_argument("--data", help=_flag_help("LibriSpeech root holding the subsets", "data"))
     parser.add_argument("--subsets", help=_flag_help("comma-separated subsets, e.g. train-clean-100", "subsets"))
     parser.add_argument("--out", help=_flag_help("run directory (re-running resumes)", "out"))

@@ -110,7 +110,7 @@ def test_a_laser_run_logs_its_terms_the_probe_config_and_hparams(tiny_ckpt, asse
     # monitoring measures, it does not touch the run: the same weights with it off
     quiet = train(tiny_config(tiny_ckpt, assets_dir, tmp_path / "quiet", method="laser", log_every=2,
                               **{"optim.total_updates": 5, "monitor.every": 0}))
-    from score_s3prl.checkpoint import read_converted
+    from score_s3prl.checkpoints.hubert import read_converted
 
     a, b = (read_converted(path)["model_weight"] for path in (out / "score_hubert.pt", quiet))
     assert all(torch.equal(a[k], b[k]) for k in a)

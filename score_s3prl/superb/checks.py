@@ -67,14 +67,15 @@ def check_upstreams(upstreams: Sequence[Upstream], problems: Problems | None = N
         ScoreError: naming the upstream and the problem (each problem, when ``problems`` is None).
     """
     collect = problems or Problems()
-    usable = [u for u in upstreams if collect.run(_check_upstream, u, [v.label for v in upstreams]) is not None]
+    # labels are unique already (settings.distinct_labels)
+    usable = [u for u in upstreams if collect.run(_check_upstream, u) is not None]
     for upstream in usable:
         collect.run(open_checkpoint, upstream)
     if problems is None:
         collect.raise_any()
 
 
-def _check_upstream(upstream: Upstream, labels: list[str]) -> bool:
+def _check_upstream(upstream: Upstream) -> bool:
     """The cheap checks of one upstream (hub entry, checkpoint given and present); True if it passes.
 
     Raises:
@@ -89,9 +90,6 @@ def _check_upstream(upstream: Upstream, labels: list[str]) -> bool:
     register()
     import s3prl.hub
 
-    if labels.count(upstream.label) > 1:
-        raise ScoreError(f"--upstream {upstream.name}: given twice with the same checkpoint file name; "
-                         f"both would run in <out>/<task>/{upstream.label}: rename one checkpoint")
     if not callable(getattr(s3prl.hub, upstream.name, None)):
         close = difflib.get_close_matches(upstream.name, dir(s3prl.hub), n=3)
         hint = f" (close: {', '.join(close)})" if close else ""
@@ -124,7 +122,8 @@ def open_checkpoint(upstream: Upstream) -> None:
     """
     if not upstream.ckpt or "://" in upstream.ckpt:
         return
-    from ..hub import ScoreHubertExpert, read_wavlm
+    from ..checkpoints.wavlm import read_wavlm
+    from ..hub import ScoreHubertExpert
 
     if upstream.name in CONVERTED_HUBERT_ENTRIES:
         # the hub entry's own path: read_converted, build_hubert, s3prl's HuBERT expert around it
@@ -179,8 +178,8 @@ def check_lexicon(lexicon: Path, words: dict[str, dict[str, list[str]]]) -> None
             if missing:
                 raise ScoreError(
                     f"{lexicon}: no entry for the word {missing[0]!r} (utterance {utterance} in {split}); "
-                    f"add it, or leave out --lexicon and ${ENV['lexicon']} to have a lexicon written "
-                    f"from CMUdict (unknown words -> {corpora.OOV_PHONE})"
+                    f"add it, or pass --lexicon g2p (s3prl's g2p files, the default) or --lexicon cmudict "
+                    f"(written from CMUdict, unknown words -> {corpora.OOV_PHONE})"
                 )
 
 

@@ -64,6 +64,8 @@ class Stage:
             earlier stages tell (the checkpoint a training chose). Not part of the key: a
             stage's key depends on its settings, its planned command and its dependencies'
             stamps, never on reading another stage's output files.
+        output_rows: a score stage, whose outputs hold result rows (``outputs.rows``) that
+            :func:`score_s3prl.superb.results.collect_rows` finds by its marker.
     """
 
     name: str
@@ -79,6 +81,7 @@ class Stage:
     clean: Path | None = None
     resume: Callable[[], list[str] | None] | None = None
     at_run: Callable[[list[str]], list[str]] | None = None
+    output_rows: bool = False  # a score stage: its outputs hold result rows (``outputs.rows``)
 
     @property
     def marker(self) -> Path:
@@ -252,8 +255,9 @@ class Pipeline:
             outputs = stage.action()
         else:
             outputs = {}
+        # the settings in words beside their hash: what the run was (e.g. PR's lexicon), readable
         record = {"key": stage.key(), "stamp": uuid.uuid4().hex, "finished": utc_now(),
-                  "seconds": round(time.monotonic() - started, 1), "outputs": outputs}
+                  "seconds": round(time.monotonic() - started, 1), "outputs": outputs, "settings": stage.settings}
         atomic_write_text(stage.marker, json.dumps(record, indent=2, sort_keys=True) + "\n")
         stage.attempt.unlink(missing_ok=True)
         self.say(f"[{stage.name}] done in {record['seconds']:.1f} s")
