@@ -575,7 +575,8 @@ def probe_figure(rows: Sequence[ProbeRow], title: str | None = None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
     from matplotlib.figure import Figure
 
-    perts = list(dict.fromkeys((r.perturbation, r.kind, r.amount) for r in rows))
+    # one panel per perturbation name (amounts are NaN for `score`, and NaN != NaN: never a key)
+    perts = list({r.perturbation: (r.perturbation, r.kind, r.amount) for r in reversed(rows)}.values())[::-1]
     labels = list(dict.fromkeys(_label(r, rows) for r in rows))
     finite = [r.value for r in rows if math.isfinite(r.value)]
     top = max([1.0, *finite]) * 1.08
