@@ -1,8 +1,9 @@
 """``score-s3prl``: one console entry, one subcommand per job.
 
 Each subcommand lives in its own module as ``main(argv) -> int``; this file only dispatches,
-checks that torch and torchaudio load (:mod:`score_s3prl.stack`), runs every command under
-one load guard (:func:`~score_s3prl.checkpoints.safeload.weights_only_torch_load`), and turns a
+sets the CPU thread defaults (:mod:`score_s3prl.runtime`), checks that torch and torchaudio
+load (:mod:`score_s3prl.stack`), runs every command under one load guard
+(:func:`~score_s3prl.checkpoints.safeload.weights_only_torch_load`), and turns a
 :class:`~score_s3prl.errors.ScoreError` into one ``error: ...`` line.
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+from . import __version__
 from .errors import ScoreError
+from .runtime import configure_threads
 from .stack import require_loadable
 
 # name -> (module, one-line help)
@@ -30,7 +33,8 @@ SUBCOMMANDS = {
 
 
 def usage() -> str:
-    lines = ["usage: score-s3prl <command> [args ...]", "", "commands:"]
+    lines = ["usage: score-s3prl <command> [args ...]   (score-s3prl <command> -h: its options)",
+             "       score-s3prl --version", "", "commands:"]
     lines += [f"  {name:<12} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
@@ -40,10 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"score-s3prl {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    if "torch" not in sys.modules:  # a process of its own (not a caller's library call)
+        configure_threads()  # before torch loads: OpenMP reads its settings once
     try:
         require_loadable()  # before any import of torchaudio: one line, not a traceback
         from .checkpoints.safeload import weights_only_torch_load

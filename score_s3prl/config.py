@@ -34,6 +34,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from .errors import ScoreError
 from .hashing import json_hash
+from .runtime import DEVICE_PATTERN
 
 # Range types for the fields below (pydantic reads the Field constraints from the annotation).
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -42,7 +43,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
-Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")]
+Device = Annotated[str, Field(pattern=DEVICE_PATTERN)]
 # numpy's seed range; the per-update seeds derived from it (train.update_seed) then fit torch's
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 # augment.MIN_RATIO: speed factors and pitch ratios 2**(semitones/12) within [0.1, 10]
@@ -122,6 +123,18 @@ class OptimConfig:
 
 
 @dataclass
+class MonitorConfig:
+    # A held-out signal while fine-tuning: score_s3prl/probe.py's last-layer value for SCORE's
+    # views (view / other-utterance divergence) on a few fixed utterances, logged to TensorBoard
+    # and train_log.csv, so that a collapse shows while it happens. Not part of the config hash:
+    # changing it never blocks a resume.
+    every: NonNegativeInt = 200  # updates between probes (0: off); also probed at update 0 and at the end
+    audio: NonEmptyStr | None = None  # folder of held-out audio (null: the bundled test-other clips of this checkout)
+    utterances: Annotated[int, Field(ge=2)] = 8  # the first N audio files, sorted by path (the probe pairs them)
+    max_seconds: Annotated[float, Field(ge=0.5)] = 6.0  # each file cut to its first seconds (bounds the probe's time)
+
+
+@dataclass
 class TrainConfig:
     seed: Seed = 0  # seeds model head, batch order, crops and views: same seed, same run
     init: NonEmptyStr | None = "hubert_base"  # base: a name in checkpoints.bases.BASE_URLS | converted .pt | fairseq .pt | HF directory
@@ -138,6 +151,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     laser: LaserConfig = field(default_factory=LaserConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -156,7 +170,7 @@ class _YamlLoader(yaml.SafeLoader):
             line = key_node.start_mark.line + 1
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} on line {line} (first on line {seen[key]})",
+                    None, None, f"duplicate key {key!r} (first on line {seen[key]})",
                     key_node.start_mark)
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
@@ -193,8 +207,7 @@ def load_config(
             with open(path, encoding="utf-8") as handle:
                 values = parse_yaml(handle.read()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ScoreError(f"{path}: invalid YAML ({first})") from exc
+            raise ScoreError(f"{path}: {_yaml_problem(exc)}") from exc
         if not isinstance(values, dict):
             raise ScoreError(f"{path}: expected a mapping of config keys, got a {type(values).__name__}")
     for item in overrides:
@@ -209,6 +222,32 @@ def load_config(
     for key, value in (values_set or {}).items():
         _set_dotted(values, key.split("."), value, f"option {key}")
     return validate(values, where=str(path) if path is not None else None)
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error as ``invalid YAML at line L, column C: problem`` (1-based, where PyYAML
+    knows the place; its ``str`` puts the place on a later line, lost in a one-line error)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start})"
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(exc, "context", None)
+    return f"invalid YAML{where}: {problem}" + (f" ({context})" if context else "")
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """The config as YAML that :func:`load_config` reads back to the same config (every key,
+    sections in block style, lists inline)."""
+    return yaml.dump(config_dict(cfg), Dumper=_YamlDumper, sort_keys=False, allow_unicode=True)
+
+
+class _YamlDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, writing lists inline (``[0.9, 1.0, 1.1]``) and mappings as blocks."""
+
+
+_YamlDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
 
 
 def _set_dotted(values: dict[str, Any], keys: list[str], value: Any, what: str) -> None:
@@ -302,7 +341,7 @@ def _describe(error: dict[str, Any]) -> str:
     """``key = value: what is expected`` for one pydantic error."""
     key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
     if error["type"] == "unexpected_keyword_argument":
-        return f"unknown config key {key}"
+        return f"unknown config key {key}{_did_you_mean(key)}"
     if error["type"] in ("dataclass_type", "dataclass_exact_type", "dict_type"):
         expected = "expected a mapping of keys (a config section)"
     else:
@@ -314,6 +353,33 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{key or 'config'} = {value}: {expected}"
 
 
+def config_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of ``cls``: sections and the keys within them, in declaration order."""
+    keys = []
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        keys.append(prefix + name)
+        if dataclasses.is_dataclass(_strip(hint)):
+            keys += config_keys(_strip(hint), f"{prefix}{name}.")
+    return keys
+
+
+def _did_you_mean(key: str) -> str:
+    """`` (did you mean K?)`` for an unknown dotted key: the same name in another section, else
+    the closest known key (difflib), else nothing."""
+    import difflib
+
+    known = config_keys()
+    section, _, leaf = key.rpartition(".")
+    leaves = {k.rpartition(".")[2] for k in known}
+    for name in [leaf] * (leaf in leaves) + difflib.get_close_matches(leaf, leaves, n=3, cutoff=0.6):
+        # the same (or a close) name, in the section given first, else in any other
+        matches = sorted((k for k in known if k.rpartition(".")[2] == name and k != key),
+                         key=lambda k: k.rpartition(".")[0] != section)
+        if matches:
+            return f" (did you mean {matches[0]}?)"
+    return ""
+
+
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:
     """The config as plain data (for checkpoints, exports and hashing)."""
     return dataclasses.asdict(cfg)
@@ -322,7 +388,7 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
 def config_hash(cfg: TrainConfig) -> str:
     """A short stable hash of everything that shapes the trained weights."""
     data = config_dict(cfg)
-    for volatile in ("out", "device", "log_every", "save_every"):
+    for volatile in ("out", "device", "log_every", "save_every", "monitor"):
         data.pop(volatile)
     if cfg.method != "laser":  # no effect on SCORE: its runs keep the hash they had before the key
         data.pop("laser")

@@ -30,6 +30,8 @@ from .fileio import atomic_write_text, read_utf8
 AUDIO_SUFFIXES = (".flac", ".wav")  # what a LibriSpeech-layout corpus may hold
 SPLITS = ("train-clean-100", "dev-clean", "test-clean")
 OOV_PHONE = "SPN"  # Kaldi's "spoken noise": what LibriSpeech recipes map unknown words to
+# the bundled LibriSpeech clips of a checkout (assets/librispeech-mini/ATTRIBUTION.md); not in a wheel
+BUNDLED_SPEECH = Path(__file__).resolve().parents[1] / "assets" / "librispeech-mini"
 
 
 def override(values: Mapping[str, Any]) -> str:

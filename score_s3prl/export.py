@@ -14,7 +14,6 @@ REPO_ID`` uploads those files with ``huggingface_hub`` (its token: ``HF_TOKEN`` 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 from . import __version__, model_card
 from .checkpoints.models import base_architecture, read_checkpoint
 from .checkpoints.transformers_dirs import HF_FILES, write_hf_dir
-from .errors import ScoreError
+from .errors import ArgumentParser, ScoreError
 from .fileio import atomic_write_text
 from .hashing import file_sha256
 
@@ -87,7 +86,7 @@ def push_to_hub(out_dir: str | os.PathLike, repo_id: str, private: bool = False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="score-s3prl export", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="score-s3prl export", description=__doc__.split("\n")[0])
     parser.add_argument("ckpt", help="a SCORE/LASER export (converted HuBERT or WavLM .pt)")
     parser.add_argument("out_dir", help="directory to write")
     parser.add_argument("--format", choices=["hf"], default="hf", help="hf: a transformers model directory")

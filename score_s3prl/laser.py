@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pairwise_distances", "temporal_regulariser", "laser_loss"]
+__all__ = ["pairwise_distances", "temporal_regulariser", "laser_terms", "laser_loss"]
 
 
 def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
@@ -82,6 +82,30 @@ def temporal_regulariser(
     return terms.sum(dim=(1, 2)) / lengths.to(x.dtype).pow(2)
 
 
+def laser_terms(
+    x: torch.Tensor,
+    x_lengths: torch.Tensor,
+    y: torch.Tensor,
+    y_lengths: torch.Tensor,
+    gamma: float = 0.1,
+    sigma: int = 0,
+    margin: float = 1.1,
+    bandwidth: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LASER's two loss terms per pair, unweighted: the soft-DTW divergence D(x, y) and R(x) + R(y).
+
+    Args: as :func:`laser_loss` (without ``alpha``).
+    Returns:
+        (divergence, regulariser): (B,) each, the regulariser in the divergence's dtype.
+    """
+    from .softdtw import soft_dtw_divergence
+
+    divergence = soft_dtw_divergence(x, y, x_lengths, y_lengths, gamma=gamma, cost="sqeuclidean",
+                                     bandwidth=bandwidth)
+    regulariser = temporal_regulariser(x, x_lengths, sigma, margin) + temporal_regulariser(y, y_lengths, sigma, margin)
+    return divergence, regulariser.to(divergence.dtype)
+
+
 def laser_loss(
     x: torch.Tensor,
     x_lengths: torch.Tensor,
@@ -103,9 +127,5 @@ def laser_loss(
     Returns:
         (B,) losses (no division by length, as in the official code).
     """
-    from .softdtw import soft_dtw_divergence
-
-    divergence = soft_dtw_divergence(x, y, x_lengths, y_lengths, gamma=gamma, cost="sqeuclidean",
-                                     bandwidth=bandwidth)
-    regulariser = temporal_regulariser(x, x_lengths, sigma, margin) + temporal_regulariser(y, y_lengths, sigma, margin)
-    return divergence + alpha * regulariser.to(divergence.dtype)
+    divergence, regulariser = laser_terms(x, x_lengths, y, y_lengths, gamma, sigma, margin, bandwidth)
+    return divergence + alpha * regulariser

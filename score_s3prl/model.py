@@ -414,10 +414,12 @@ class ScoreModel(nn.Module):
             len_student, len_teacher: (B,) valid samples.
         Returns:
             (loss, stats): the batch mean of the per-pair losses; stats holds the detached
-            per-pair ``losses`` (B,) and the frame counts ``student_frames``, ``teacher_frames``.
+            per-pair ``losses`` (B,) and the frame counts ``student_frames``, ``teacher_frames``;
+            for LASER also the per-pair terms ``divergence`` and ``regulariser`` (alpha * (R(f1) +
+            R(f2))), which sum to ``losses``.
         """
         if self.method == "laser":
-            from .laser import laser_loss
+            from .laser import laser_terms
 
             if self.view_batching == "official":
                 xs, ls, xt, lt = paired_view_features(self.student, wav_student, len_student, wav_teacher,
@@ -425,9 +427,11 @@ class ScoreModel(nn.Module):
             else:
                 xs, ls = last_layer_features(self.student, wav_student, len_student, self.normalize)
                 xt, lt = last_layer_features(self.student, wav_teacher, len_teacher, self.normalize)
-            losses = laser_loss(self.project(xs), ls, self.project(xt), lt, self.gamma, self.alpha,
-                                self.sigma, self.margin, self.bandwidth)
-            stats = {"losses": losses.detach(), "student_frames": ls, "teacher_frames": lt}
+            divergence, regulariser = laser_terms(self.project(xs), ls, self.project(xt), lt, self.gamma,
+                                                  self.sigma, self.margin, self.bandwidth)
+            losses = divergence + self.alpha * regulariser  # laser_loss, with its terms kept for the log
+            stats = {"losses": losses.detach(), "student_frames": ls, "teacher_frames": lt,
+                     "divergence": divergence.detach(), "regulariser": (self.alpha * regulariser).detach()}
             return losses.mean(), stats
         xs, ls = last_layer_features(self.student, wav_student, len_student, self.normalize)
         with torch.no_grad():

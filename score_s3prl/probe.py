@@ -39,13 +39,13 @@ Phase-2 entry points for the SUPERB runner: :func:`probe_upstreams` and :func:`l
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import hashlib
 import io
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
@@ -57,8 +57,9 @@ from tqdm import tqdm
 
 from .audio import SAMPLE_RATE, load_audio
 from .corpora import AUDIO_SUFFIXES, list_audio
-from .errors import ScoreError
+from .errors import ArgumentParser, ScoreError
 from .fileio import atomic_open, atomic_write_text
+from .runtime import DEVICE_CHOICES, device_name, resolve_device
 
 # A different-utterance divergence within this of the length floor (per frame, for unit-norm
 # frames whose squared distances lie in [0, 4]) means different utterances are as alike as
@@ -126,6 +127,27 @@ def default_perturbations(speed_factors: Sequence[float], semitones: Sequence[fl
     perts += [ViewPerturbation(f"pitch{s:+g}", semitones=(float(s),)) for s in semitones if s != 0]
     perts.append(ViewPerturbation(SCORE, tuple(map(float, speed_factors)), tuple(map(float, semitones))))
     return perts
+
+
+def perturbation_parts(name: str) -> tuple[str, float]:
+    """A perturbation name split into (kind, amount): ``speed0.9`` -> ("speed", 0.9), ``pitch+2``
+    -> ("pitch", 2.0), ``score`` -> ("score", NaN); any other name -> (name, NaN)."""
+    match = re.fullmatch(r"(speed|pitch)([-+]?[0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)", name)
+    if match:
+        return match[1], float(match[2])
+    return name, math.nan
+
+
+def perturbation_title(kind: str, amount: float) -> str:
+    """A readable name for a plot panel: ``speed x0.9``, ``pitch +2 semitones``, ``SCORE views
+    (speed+pitch)``."""
+    if kind == SCORE:
+        return "SCORE views (speed+pitch)"
+    if kind == "speed" and not math.isnan(amount):
+        return f"speed x{amount:g}"
+    if kind == "pitch" and not math.isnan(amount):
+        return f"pitch {amount:+g} semitones"
+    return kind
 
 
 def perturbation_generator(seed: int, name: str) -> torch.Generator:
@@ -255,6 +277,8 @@ class ProbeRow:
     checkpoint: str  # the ckpt given as NAME=CKPT, "" for none
     layer: int  # index into hidden_states (0: the input to the first transformer layer)
     perturbation: str  # speed<f>, pitch<+s>, score, or a caller's name
+    kind: str  # speed, pitch, score, or the caller's name (see perturbation_parts)
+    amount: float  # speed factor or semitones; NaN for score (a mixture) and callers' names
     value: float  # same_utterance / different_utterance; NaN when collapsed
     same_utterance: float  # mean divergence between an utterance and its view
     different_utterance: float  # mean divergence between neighbour pairs of utterances
@@ -329,8 +353,9 @@ def probe_model(
         collapsed = not different > floor + COLLAPSE_TOLERANCE  # (NaN counts as collapsed too)
         for key in views:
             same = float(divergences[slices[(layer, key)]].mean())
+            kind, amount = perturbation_parts(key)
             rows.append(ProbeRow(
-                upstream=name, checkpoint=checkpoint, layer=layer, perturbation=key,
+                upstream=name, checkpoint=checkpoint, layer=layer, perturbation=key, kind=kind, amount=amount,
                 value=math.nan if collapsed else same / different,
                 same_utterance=same, different_utterance=different, length_floor=floor,
                 collapsed=collapsed, n=len(wavs), n_pairs=len(pairs),
@@ -418,7 +443,7 @@ def probe_upstreams(
     *,
     config: str | os.PathLike | None = None,
     seed: int = 0,
-    device: str = "cpu",
+    device: str = "auto",
     max_seconds: float | None = None,
     perturbations: Sequence[Perturbation] | None = None,
     loader: Callable[[str, str, str], Upstream] = load_upstream,
@@ -434,7 +459,7 @@ def probe_upstreams(
         config: a fine-tuning YAML: its ``views`` give the perturbations, ``loss.gamma`` the
             smoothing (default: the paper's settings, score_s3prl/config.py).
         seed: seeds the views (same seed, same views, identical CSV).
-        device: where the upstreams run; soft-DTW runs on the CPU.
+        device: where the upstreams run (``auto``: CUDA if available); soft-DTW runs on the CPU.
         max_seconds: cut each utterance to its first ``max_seconds`` (bounds soft-DTW time).
         perturbations: override the config's (objects with ``name`` and ``__call__``).
         loader: ``loader(name, ckpt, device) -> upstream``; tests inject models here.
@@ -445,6 +470,7 @@ def probe_upstreams(
     from .config import load_config
 
     cfg = load_config(config)
+    device = resolve_device(device)
     if perturbations is None:
         perturbations = default_perturbations(cfg.views.speed_factors, cfg.views.semitones)
     names = [p.name for p in perturbations]
@@ -505,7 +531,8 @@ def write_csv(rows: Sequence[ProbeRow], path: str | os.PathLike) -> None:
 
 
 def read_csv(path: str | os.PathLike) -> list[ProbeRow]:
-    """The rows of a ``probe.csv`` written by :func:`write_csv`.
+    """The rows of a ``probe.csv`` written by :func:`write_csv` (older files without the ``kind``
+    and ``amount`` columns too: they are derived from ``perturbation``).
 
     Raises:
         ScoreError: the file is missing or is not a probe CSV.
@@ -515,6 +542,10 @@ def read_csv(path: str | os.PathLike) -> list[ProbeRow]:
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             records = list(csv.DictReader(handle))
+        for record in records:
+            if "kind" not in record and "perturbation" in record:  # written before the columns existed
+                kind, amount = perturbation_parts(record["perturbation"])
+                record.update(kind=kind, amount=_fmt(amount))
         return [ProbeRow(**{k: parse[types[k]](r[k]) for k in types}) for r in records]
     except FileNotFoundError:
         raise ScoreError(f"{path}: probe CSV not found") from None
@@ -529,27 +560,60 @@ def _label(row: ProbeRow, rows: Sequence[ProbeRow]) -> str:
     return row.upstream
 
 
-def plot(rows: Sequence[ProbeRow], path: str | os.PathLike) -> None:
-    """``probe.png``: value per layer, one line per upstream, one panel per perturbation (Agg)."""
+REFERENCE_LABEL = "1.0 = as different as another utterance"
+PROBE_SUPTITLE = "Invariance probe: view / other-utterance soft-DTW divergence per layer (lower = more invariant)"
+
+
+def plot(rows: Sequence[ProbeRow], path: str | os.PathLike, title: str | None = None) -> None:
+    """``probe.png`` (:func:`probe_figure`), written atomically."""
+    fig = probe_figure(rows, title)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+
+
+def probe_figure(rows: Sequence[ProbeRow], title: str | None = None):
+    """Value per layer, every upstream overlaid (one line each), one panel per perturbation;
+    all panels share both axes, the y axis starts at 0 and includes the labelled 1.0 reference
+    line. Returns a matplotlib ``Figure`` (Agg canvas, no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
     from matplotlib.figure import Figure
 
-    perts = list(dict.fromkeys(r.perturbation for r in rows))
+    # one panel per perturbation name (amounts are NaN for `score`, and NaN != NaN: never a key)
+    perts = list({r.perturbation: (r.perturbation, r.kind, r.amount) for r in reversed(rows)}.values())[::-1]
     labels = list(dict.fromkeys(_label(r, rows) for r in rows))
-    fig = Figure(figsize=(3.2 * max(1, len(perts)), 3.2), layout="constrained")
+    finite = [r.value for r in rows if math.isfinite(r.value)]
+    top = max([1.0, *finite]) * 1.08
+    fig = Figure(figsize=(3.4 * max(1, len(perts)), 3.6), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, max(1, len(perts)), sharey=True, squeeze=False)[0]
-    for ax, pert in zip(axes, perts):
+    axes = fig.subplots(1, max(1, len(perts)), sharex=True, sharey=True, squeeze=False)[0]
+    for ax, (pert, kind, amount) in zip(axes, perts):
         for label in labels:
             line = sorted((r.layer, r.value) for r in rows if r.perturbation == pert and _label(r, rows) == label)
             ax.plot([layer for layer, _ in line], [v for _, v in line], marker="o", ms=3, label=label)
-        ax.axhline(1.0, color="grey", lw=0.6, ls="--")
-        ax.set_title(pert)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--", label=REFERENCE_LABEL)
+        ax.set_title(perturbation_title(kind, amount), fontsize="medium")
         ax.set_xlabel("layer")
-    axes[0].set_ylabel("view / other-utterance divergence")
-    axes[0].legend(fontsize="small")
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
+        ax.set_ylim(0, top)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("view / other-utterance divergence\n(lower = more invariant)")
+    axes[0].legend(fontsize="small", loc="lower left")
+    fig.suptitle(title or PROBE_SUPTITLE, fontsize="medium")
+    return fig
+
+
+def plot_by_folder(csv_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
+    """One figure per audio folder, every upstream overlaid: the rows of all ``csv_paths`` whose
+    parent folders share a name (the probed split, as the SUPERB runner lays them out:
+    ``<upstream>/<split>/probe.csv``) go to ``<out_dir>/<split>.png``. Returns the figures."""
+    groups: dict[str, list[ProbeRow]] = {}
+    for csv_path in csv_paths:
+        groups.setdefault(Path(csv_path).parent.name, []).extend(read_csv(csv_path))
+    figures = []
+    for split, rows in groups.items():
+        figure = Path(out_dir) / f"{split}.png"
+        plot(rows, figure, title=f"{PROBE_SUPTITLE}\nheld-out audio: {split}")
+        figures.append(figure)
+    return figures
 
 
 def format_table(rows: Sequence[ProbeRow]) -> str:
@@ -564,7 +628,7 @@ def format_table(rows: Sequence[ProbeRow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="score-s3prl probe",
         description="Layer-wise invariance probe: soft-DTW divergence between held-out utterances and "
         "their perturbed views, relative to different utterances (0: invariant, 1: no closer than "
@@ -574,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="s3prl hub entry, with ckpt=CKPT when given (repeatable)")
     parser.add_argument("--audio", required=True, help="folder of held-out .flac/.wav utterances (searched recursively)")
     parser.add_argument("--out", required=True, help="output folder: probe.csv, probe.png")
-    parser.add_argument("--device", default="cpu", help="where upstreams run: cpu | cuda | cuda:N")
+    parser.add_argument("--device", default="auto", type=device_name, help=f"where upstreams run: {DEVICE_CHOICES}")
     parser.add_argument("--seed", type=int, default=0, help="seeds the views")
     parser.add_argument("--max-utterances", type=int, help="probe the first N files (sorted by path)")
     parser.add_argument("--max-seconds", type=float, help="cut each utterance to its first S seconds")

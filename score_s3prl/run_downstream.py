@@ -58,9 +58,23 @@ def _one_line(exc: ScoreError) -> ScoreError:
     return type(exc)(last[len(prefix):] if last.startswith(prefix) else last)
 
 
+def resolve_device_flag(argv: list[str]) -> list[str]:
+    """``argv`` with ``--device auto`` resolved here, on the node that runs the stage (s3prl
+    itself knows no ``auto``); the SUPERB runner prints and plans ``auto`` unresolved."""
+    from .runtime import resolve_device
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--device" and i + 1 < len(out) and out[i + 1] == "auto":
+            out[i + 1] = resolve_device("auto")
+        elif arg == "--device=auto":
+            out[i] = f"--device={resolve_device('auto')}"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run s3prl's ``run_downstream.main`` on ``argv`` (default: ``sys.argv[1:]``)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = resolve_device_flag(list(sys.argv[1:] if argv is None else argv))
     compat.apply()
     hub.register()
     recipes.install()

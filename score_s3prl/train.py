@@ -1,4 +1,4 @@
-"""``score-s3prl finetune``: SCORE / LASER fine-tuning, pretrained HuBERT in, s3prl upstream out.
+"""``score-s3prl finetune``: SCORE / LASER fine-tuning, pretrained HuBERT or WavLM in, s3prl upstream out.
 
 One file, one loop. Each update draws ``optim.utterances_per_update`` utterances (whole, one
 per forward pass, as the official code; or crops in length-bucketed micro-batches), makes an
@@ -6,9 +6,12 @@ original and a perturbed view of each, runs the trainable student on one view an
 teacher on the other (LASER: the student on both), and minimises the soft-DTW divergence
 between their projected last-layer frames (LASER: plus its temporal regulariser). The run directory holds::
 
+    config.yaml        the resolved config (``--config`` reads it back)
     train_state.pt     resumable state (trainable weights, optimiser, scheduler, RNG, data position)
-    train_log.csv      one row per ``log_every`` updates; loss.png plots it at the end
-    tensorboard/       TensorBoard scalars
+    train_log.csv      one row per ``log_every`` updates, and one per held-out probe (``monitor``);
+                       loss.png plots it at the end
+    tensorboard/       TensorBoard scalars (train/*, LASER's loss/* terms, monitor/*), the config
+                       as text, hparams with the final loss and probe value
     score_hubert.pt    the export: s3prl's converted HuBERT format plus a ``score`` block
                        (score_wavlm.pt for a WavLM base: the format ``wavlm_local`` reads)
 
@@ -44,17 +47,22 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoints.hubert import write_converted
-from .config import TrainConfig, config_dict, config_hash, load_config
+from .config import TrainConfig, config_dict, config_hash, config_yaml, load_config
 from .errors import ArgumentParser, ScoreError
-from .fileio import atomic_open, atomic_torch_save, remove_stale_temps
+from .fileio import atomic_open, atomic_torch_save, atomic_write_text, remove_stale_temps
 from .runlock import run_lock
+from .runtime import DEVICE_CHOICES, device_name, resolve_device
 
 SAMPLE_RATE = 16000
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.csv"
 EXPORT_FILE = "score_hubert.pt"
 EXPORT_FILES = {"hubert": EXPORT_FILE, "wavlm": "score_wavlm.pt"}  # by base architecture
-LOG_FIELDS = ("update", "loss", "lr", "grad_norm", "audio_hours", "skipped_files", "seconds")
+CONFIG_FILE = "config.yaml"
+# divergence, regulariser: LASER's two loss terms (alpha-weighted regulariser; they sum to loss);
+# probe: the held-out probe's value (score_s3prl.monitor; NaN: collapsed). Empty where not measured.
+LOSS_TERMS = ("divergence", "regulariser")
+LOG_FIELDS = ("update", "loss", "lr", "grad_norm", "audio_hours", "skipped_files", "seconds", *LOSS_TERMS, "probe")
 
 
 @dataclass
@@ -96,8 +104,7 @@ def init_distributed(device: str) -> Ranks:
 
 
 def pick_device(name: str, ranks: Ranks) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    name = resolve_device(name)
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -395,25 +402,53 @@ def append_log(path: Path, rows: list[dict], keep_upto: int | None = None) -> No
         handle.write(buffer.getvalue())
 
 
-def plot_log(csv_path: Path, png_path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_log(csv_path: Path, png_path: Path, method: str = "score") -> None:
+    """``loss.png`` (:func:`log_figure`) from the log CSV, written atomically; none for an empty log."""
     with open(csv_path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([int(r["update"]) for r in rows], [float(r["loss"]) for r in rows])
-    ax.set_xlabel("update")
-    ax.set_ylabel("soft-DTW divergence / (Tx + Ty)")
-    ax.set_title("SCORE fine-tuning loss")
-    fig.tight_layout()
-    with atomic_open(png_path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
+        fig = log_figure(list(csv.DictReader(handle)), method)
+    if fig is not None:
+        with atomic_open(png_path, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=120)
+
+
+def log_figure(rows: list[dict[str, str]], method: str = "score"):
+    """The loss (LASER: and its two terms) per update, titled with the method, and beside it
+    the held-out probe value when the log has one. A matplotlib ``Figure``, or None without rows."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
+    from matplotlib.figure import Figure
+
+    def series(key: str) -> tuple[list[int], list[float]]:
+        kept = [(int(r["update"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+        return [u for u, _ in kept], [v for _, v in kept]
+
+    probe = series("probe")
+    if not series("loss")[0] and not probe[0]:
+        return None
+    fig = Figure(figsize=(11 if probe[0] else 6, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2 if probe[0] else 1, squeeze=False)[0]
+    name = method.upper()
+    axes[0].plot(*series("loss"), label="loss")
+    if method == "laser":
+        axes[0].plot(*series("divergence"), label="soft-DTW divergence", lw=0.9)
+        axes[0].plot(*series("regulariser"), label="alpha x regulariser", lw=0.9)
+        axes[0].legend(fontsize="small")
+        axes[0].set_ylabel("divergence + alpha x (R(f1) + R(f2))")
+    else:
+        axes[0].set_ylabel("soft-DTW divergence / (Tx + Ty)")
+    axes[0].set_xlabel("update")
+    axes[0].set_title(f"{name} fine-tuning loss")
+    if probe[0]:
+        from .probe import REFERENCE_LABEL
+
+        axes[1].plot(*probe, marker="o", ms=3, label="student, last layer")
+        axes[1].axhline(1.0, color="grey", lw=0.8, ls="--", label=REFERENCE_LABEL)
+        axes[1].set_ylim(0, max([1.0, *[v for v in probe[1] if math.isfinite(v)]]) * 1.08)
+        axes[1].set_xlabel("update")
+        axes[1].set_ylabel("view / other-utterance divergence\n(lower = more invariant)")
+        axes[1].set_title(f"{name}: held-out probe (SCORE views; gaps: collapsed)")
+        axes[1].legend(fontsize="small", loc="lower left")
+    return fig
 
 
 class StopNow(Exception):
@@ -506,6 +541,8 @@ class Run:
     boundary: Position | None = None  # the position after the last completed update
     save_due: bool = False  # a state save waits for the next finite loss (see update_step)
     saved_update: int | None = None  # the update of the state on disk (None: none)
+    monitor: object = None  # HeldOutProbe on rank 0 (score_s3prl.monitor), None when off
+    loss_terms: dict = field(default_factory=dict)  # LASER's terms of the last update, per utterance
 
     @property
     def state_path(self) -> Path:
@@ -514,6 +551,13 @@ class Run:
     @property
     def log_path(self) -> Path:
         return self.out / LOG_FILE
+
+
+def write_run_config(out: Path, cfg: TrainConfig) -> None:
+    """``<out>/config.yaml``: the resolved config, which ``--config`` reads back to the same run."""
+    header = (f"# the resolved config of this run (score-s3prl {__version__}); "
+              "score-s3prl finetune --config <this file> runs it again (and resumes in its out)\n")
+    atomic_write_text(out / CONFIG_FILE, header + config_yaml(cfg))
 
 
 def make_optimizer(params: list, o) -> torch.optim.Optimizer:
@@ -534,6 +578,7 @@ def setup(cfg: TrainConfig) -> Run:
     from .checkpoints import load_base_state
     from .data import BatchPlan
     from .model import ScoreModel, trainable_summary
+    from .monitor import HeldOutProbe
 
     if not cfg.init:
         raise ScoreError("no base model: set `init` (or --init) to a named base (hubert_base, ...), "
@@ -547,6 +592,9 @@ def setup(cfg: TrainConfig) -> Run:
             remove_stale_temps(Path(cfg.data.cache_dir or out / "cache"))
     device = pick_device(cfg.device, ranks)
     seed_everything(cfg.seed)  # the same head init on every rank
+    utterances = load_utterances(cfg, out)  # a wrong --data stops here, before a model loads or downloads
+    if ranks.main:
+        write_run_config(out, cfg)
 
     base_state, base_identity = load_base_state(cfg.init)
     model = ScoreModel(base_state, **vars(cfg.model), method=cfg.method, gamma=cfg.loss.gamma,
@@ -561,7 +609,6 @@ def setup(cfg: TrainConfig) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     views = CorrespondenceViews(**vars(cfg.views), sample_rate=SAMPLE_RATE)
 
-    utterances = load_utterances(cfg, out)
     whole = cfg.data.mode == "whole"  # the official code: whole utterances, one per forward pass
     crop = None if whole else int(cfg.data.crop_seconds * SAMPLE_RATE)
     min_len = int(cfg.data.min_seconds * SAMPLE_RATE)
@@ -591,6 +638,7 @@ def setup(cfg: TrainConfig) -> Run:
         writer=SummaryWriter(str(out / "tensorboard")) if ranks.main else None,
         bar=tqdm(total=o.total_updates, initial=position.update, disable=not ranks.main, unit="update"),
         log_rows=[], started=time.time(), saved_update=position.update if state_path.exists() else None,
+        monitor=HeldOutProbe.from_config(cfg, device) if ranks.main else None,
     )
 
 
@@ -616,6 +664,10 @@ def _train(cfg: TrainConfig, linger: bool = False) -> Path:
     with StopRequest(linger) as stop:
         run.stop = stop
         try:
+            if run.writer is not None:
+                run.writer.add_text("config", "```\n" + config_yaml(cfg) + "```", run.position.update)
+            if run.monitor is not None and run.position.update == 0:  # the base model's value: where training starts
+                run.log_rows.append({"update": 0, "audio_hours": 0.0, "skipped_files": 0, **probe_now(run)})
             try:
                 while run.position.update < cfg.optim.total_updates:
                     stopped = signal_on_any_rank(stop.signal, run.ranks)  # every rank stops at the same update
@@ -663,6 +715,7 @@ def update_step(run: Run) -> tuple[float, torch.Tensor, float] | None:
     torch.manual_seed(seed)  # dropout, in the teacher too under model.dropout=official
     run.generator.manual_seed(seed)  # crops and views
     count = loss_sum = seconds = 0.0
+    terms: dict[str, float] = {}  # LASER's loss terms, summed over utterances
     while not all_ranks_done(count >= run.share, ranks):
         batch = next_batch(run)
         if batch is None:
@@ -670,12 +723,16 @@ def update_step(run: Run) -> tuple[float, torch.Tensor, float] | None:
         wavs, lengths = batch
         s_wav, s_len, t_wav, t_len = run.views(wavs.to(run.device), lengths.to(run.device), run.generator)
         with run.autocast:
-            loss, _ = run.model(s_wav, s_len, t_wav, t_len)
+            loss, stats = run.model(s_wav, s_len, t_wav, t_len)
+        for key in LOSS_TERMS:
+            if key in stats:
+                terms[key] = terms.get(key, 0.0) + stats[key].sum().item()
         (loss * len(lengths)).backward()  # a sum over utterances: divided by the count below
         count += len(lengths)
         loss_sum += loss.item() * len(lengths)
         seconds += lengths.sum().item() / SAMPLE_RATE
     count, loss_sum, seconds = reduce_update(run.params, count, loss_sum, seconds, ranks)
+    run.loss_terms = {key: value / count for key, value in reduce_sums(terms, ranks).items()}
     grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.optim.grad_clip)
     loss_value = loss_sum / count
     if not (math.isfinite(loss_value) and torch.isfinite(grad_norm)):
@@ -739,13 +796,19 @@ def log_and_save(run: Run, loss_value: float, grad_norm: torch.Tensor, seconds: 
     run.bar.update(1)
     if not run.ranks.main:
         return
-    if position.update % cfg.log_every == 0:
+    probe_due = run.monitor is not None and (position.update % cfg.monitor.every == 0
+                                             or position.update == cfg.optim.total_updates)
+    if position.update % cfg.log_every == 0 or probe_due:
         row = dict(update=position.update, loss=loss_value, lr=lr, grad_norm=grad_norm.item(),
                    audio_hours=hours, skipped_files=position.skipped_files,
-                   seconds=round(time.time() - run.started, 1))
-        run.log_rows.append(row)
+                   seconds=round(time.time() - run.started, 1), **run.loss_terms)
         for key in ("loss", "lr", "grad_norm", "audio_hours"):
             run.writer.add_scalar(f"train/{key}", row[key], position.update)
+        for key, value in run.loss_terms.items():  # LASER: loss = divergence + regulariser
+            run.writer.add_scalar(f"loss/{key}", value, position.update)
+        if probe_due:
+            row.update(probe_now(run))
+        run.log_rows.append(row)
     if position.update % cfg.save_every == 0:
         run.save_due = True  # written by the next update once its loss is finite (update_step)
 
@@ -758,13 +821,15 @@ def finish(run: Run, stopped: int) -> Path:
     export_path = run.out / EXPORT_FILES[base_architecture(run.base_state)]
     save_progress(run, position)
     if run.ranks.main:
+        if not stopped:
+            write_hparams(run)
         run.writer.close()
         if stopped:
             print(f"stopped by signal {stopped} at update {position.update}; re-run to resume",
                   file=sys.stderr)
         else:
             export(export_path, run.base_state, run.base_identity, run.model, cfg, position)
-            plot_log(run.log_path, run.out / "loss.png")
+            plot_log(run.log_path, run.out / "loss.png", cfg.method)
             print(f"{position.update} updates, {position.audio_seconds / 3600:.2f} h of audio; skipped "
                   f"{run.plan.num_skipped} too-short and {position.skipped_files} unreadable files",
                   file=sys.stderr)
@@ -774,6 +839,50 @@ def finish(run: Run, stopped: int) -> Path:
     if stopped:
         raise SystemExit(128 + stopped)
     return export_path
+
+
+def probe_now(run: Run) -> dict[str, float]:
+    """Run the held-out probe on the student, log it to TensorBoard and say so when the
+    representation has collapsed; returns the log row's ``probe`` field."""
+    reading = run.monitor(run.model)
+    update = run.position.update
+    for key in ("value", "same_utterance", "different_utterance", "length_floor"):
+        run.writer.add_scalar(f"monitor/probe_{key}", getattr(reading, key), update)
+    if reading.collapsed:
+        tqdm.write(f"update {update}: held-out probe: the student's last layer has collapsed (different "
+                   f"utterances are as alike as identical frames would make them)", file=sys.stderr)
+    return {"probe": reading.value}
+
+
+def write_hparams(run: Run) -> None:
+    """The config (flattened, dotted keys) as TensorBoard hparams, with the run's final loss and
+    held-out probe value (the log's last) as its metrics."""
+    def flat(values: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in values.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:  # hparams take bool, str, int, float: lists and None as text
+                out[prefix + key] = value if isinstance(value, (bool, str, int, float)) else str(value)
+        return out
+
+    with open(run.log_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    metrics = {}
+    for key in ("loss", "probe"):
+        values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+        if values:
+            metrics[f"hparam/final_{key}"] = values[-1]
+    run.writer.add_hparams(flat(config_dict(run.cfg)), metrics, name="hparams", global_step=run.position.update)
+
+
+def reduce_sums(values: dict[str, float], ranks: Ranks) -> dict[str, float]:
+    """``values`` summed over ranks (every rank holds the same keys)."""
+    if ranks.world == 1 or not values:
+        return values
+    totals = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(totals)
+    return dict(zip(values, totals.tolist()))
 
 
 def all_ranks_done(done: bool, ranks: Ranks) -> bool:
@@ -812,26 +921,47 @@ def reduce_update(params, count: float, loss_sum: float, seconds: float, ranks: 
 # ----------------------------------------------------------------------------- CLI
 
 
+# command-line flag -> the config key it sets
+FLAG_KEYS = {"init": "init", "data": "data.root", "subsets": "data.subsets", "out": "out",
+             "steps": "optim.total_updates", "device": "device"}
+
+
+def _flag_help(text: str, flag: str) -> str:
+    """``text`` with the config key the flag sets and that key's default (the paper's setting)."""
+    key, value = FLAG_KEYS[flag], TrainConfig()
+    for part in key.split("."):
+        value = getattr(value, part)
+    shown = ",".join(value) if isinstance(value, list) else "none" if value is None else value
+    return f"{text}; sets {key} (default: {shown}, or the --config file's)"
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
-    parser = ArgumentParser(prog="score-s3prl finetune", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML config (default: the paper's settings)")
-    parser.add_argument("--init", help="base model: a named base (hubert_base, hubert_large_ll60k, wavlm_large, ...; "
-                                       "`score-s3prl fetch --help` lists them) | converted .pt | fairseq .pt | HF dir")
-    parser.add_argument("--data", help="LibriSpeech root holding the subsets")
-    parser.add_argument("--subsets", help="comma-separated subsets, e.g. train-clean-100")
-    parser.add_argument("--out", help="run directory (re-running resumes)")
-    parser.add_argument("--steps", type=int, help="total optimiser updates")
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser = ArgumentParser(prog="score-s3prl finetune", description=__doc__.split("\n")[0],
+                            epilog="Flags override the --config file; key=value pairs override both.")
+    parser.add_argument("--config", help="YAML config (default: the paper's settings, score_s3prl/config.py)")
+    parser.add_argument("--init", help=_flag_help(
+        "base model: a named base (hubert_base, hubert_large_ll60k, wavlm_large, ...; score-s3prl fetch --help "
+        "lists them) | converted .pt | fairseq .pt | HF dir", "init"))
+    parser.add_argument("--data", help=_flag_help("LibriSpeech root holding the subsets", "data"))
+    parser.add_argument("--subsets", help=_flag_help("comma-separated subsets, e.g. train-clean-100", "subsets"))
+    parser.add_argument("--out", help=_flag_help("run directory (re-running resumes)", "out"))
+    parser.add_argument("--steps", type=int, help=_flag_help("total optimiser updates", "steps"))
+    parser.add_argument("--device", type=device_name, help=_flag_help(DEVICE_CHOICES, "device"))
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved, validated config as YAML and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, dotted")
     args = parser.parse_args(argv)
-    flags = {"init": args.init, "data.root": args.data, "out": args.out, "optim.total_updates": args.steps,
-             "device": args.device, "data.subsets": args.subsets and args.subsets.split(",")}
+    flags = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()}
+    flags["data.subsets"] = args.subsets and args.subsets.split(",")
     return args, {key: value for key, value in flags.items() if value is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
     args, flags = parse_args(argv)
     cfg = load_config(args.config, args.overrides, flags)
+    if args.print_config:
+        print(config_yaml(cfg), end="")
+        return 0
     try:
         print(train(cfg, linger=True))
         code = 0

@@ -526,7 +526,11 @@ def fails_before_start(env, match: str, *argv: str, task: str = "all", **kwargs)
 
 def test_missing_data_roots(env, monkeypatch):
     monkeypatch.delenv("LIBRISPEECH_ROOT")
-    fails_before_start(env, r"^LibriSpeech root not given: pass --libri-root DIR or set \$LIBRISPEECH_ROOT$")
+    fails_before_start(env, r"^LibriSpeech root not given: pass --libri-root DIR or set \$LIBRISPEECH_ROOT$",
+                       task="asr")
+    # every problem of a run at once (the probe's audio defaults to a folder of the missing root)
+    fails_before_start(env, r"^2 problems with the inputs:\n  - LibriSpeech root not given: .*\n"
+                            r"  - probe: no held-out audio: pass --probe-audio DIR")
     fails_before_start(env, r"/nowhere: LibriSpeech root not found \(from --libri-root or \$LIBRISPEECH_ROOT\)",
                        "--libri-root", "/nowhere")
     monkeypatch.delenv("QUESST14_ROOT")
@@ -717,3 +721,30 @@ def test_command_pipe_is_closed(tmp_path, monkeypatch):
         except StageError:
             assert code
     assert len(started) == 2 and all(p.stdout.closed and p.returncode is not None for p in started)
+
+
+def test_dry_run_keeps_device_auto_for_the_node_that_runs_each_command(env, capsys):
+    # resolved on the login node, auto would print `cpu` into commands meant for GPU nodes; the
+    # launcher (score_s3prl.run_downstream) and the probe resolve it where they run
+    argv = ["all", "--dry-run", "--out", str(env["out"]), "--results", str(env["csv"]), "--device", "auto",
+            "--upstream", f"hubert_local={env['base']}", "--upstream", f"score_hubert_local={env['score']}"]
+    assert cli.main(argv) == 0
+    commands = [shlex.split(line[2:]) for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
+    assert len(commands) == 2 * (2 + 2 + 1 + 1)  # per upstream: ASR, PR train + evaluate, QbE test, probe
+    assert all(words[words.index("--device") + 1] == "auto" for words in commands)
+    with pytest.raises(ScoreError, match="argument --device: 'gpu': expected auto"):
+        cli.main([*argv[:-4], "--device", "gpu"])
+
+
+def test_every_input_problem_is_reported_in_one_run(env, monkeypatch):
+    env["csv"].parent.mkdir()
+    env["csv"].write_text("name,score\nx,1\n")
+    monkeypatch.delenv("QUESST14_ROOT")
+    with pytest.raises(ScoreError) as error:
+        run(env, "all", "--dry-run", "--lexicon", str(env["root"] / "nope.txt"),
+            upstreams=("hubert_local={base}", "score_hubert_local=/missing/score.pt"))
+    lines = str(error.value).splitlines()
+    assert lines[0] == "4 problems with the inputs:"
+    assert [line.split(": ", 1)[0].strip() for line in lines[1:]] == [
+        f"- {env['csv']}", f"- {env['root'] / 'nope.txt'}", "- QUESST 2014 root not given", "- /missing/score.pt"]
+    assert launches(env) == [] and not env["out"].exists()

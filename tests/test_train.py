@@ -115,7 +115,8 @@ def test_run_trains_only_the_top_layers_and_exports(tiny_ckpt, assets_dir, tmp_p
     assert any(k.startswith("encoder.layer_norm.") for k in changed)
     assert tuned["score"]["method"] == method.upper()
     with open(tmp_path / "run" / "train_log.csv") as handle:
-        assert [int(r["update"]) for r in csv.DictReader(handle)] == [2, 4, 6]
+        # every log_every updates, and the held-out probe (score_tiny.yaml's monitor) at update 0 and the end
+        assert [int(r["update"]) for r in csv.DictReader(handle)] == [0, 2, 4, 6]
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
     assert list((tmp_path / "run" / "tensorboard").iterdir())
 

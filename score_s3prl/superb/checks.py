@@ -3,6 +3,10 @@ lexicon, the QUESST ground truth, the upstreams and the results CSV.
 
 Which roots a task reads comes from its :class:`score_s3prl.recipes.Recipe` (``data_roots``,
 ``given_instead``), so a new task is checked without code here.
+
+Every check runs, and all the problems found are reported together in one error
+(:class:`Problems`): a dry run lists every missing input at once, not one per attempt. A check
+whose input is itself missing is skipped (no lexicon check without a LibriSpeech root).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import yaml
 
@@ -22,9 +26,57 @@ from . import mtwv, results
 from .settings import ENV, PROBE_SPLIT, QBE_GROUNDTRUTH, QBE_LANGUAGE_KEY, SPLITS, Settings, Upstream, qbe_splits
 
 
-def check_upstreams(upstreams: Sequence[Upstream]) -> None:
+T = TypeVar("T")
+
+
+class Problems:
+    """The problems the checks found, collected so that one run reports all of them."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def run(self, check: Callable[..., T], *args: Any) -> T | None:
+        """``check(*args)``'s result, or None (the problem recorded) when it raises a ScoreError."""
+        try:
+            return check(*args)
+        except ScoreError as exc:
+            if str(exc) not in self.found:  # two upstreams can share one problem
+                self.found.append(str(exc))
+            return None
+
+    def raise_any(self) -> None:
+        """Raise one ScoreError holding every problem found (the message itself when only one).
+
+        Raises:
+            ScoreError: ``N problems with the inputs:`` then one indented line per problem.
+        """
+        if len(self.found) == 1:
+            raise ScoreError(self.found[0])
+        if self.found:
+            listed = "\n".join(f"  - {problem}" for problem in self.found)
+            raise ScoreError(f"{len(self.found)} problems with the inputs:\n{listed}")
+
+
+def check_upstreams(upstreams: Sequence[Upstream], problems: Problems | None = None) -> None:
     """Every upstream names an s3prl hub entry and an existing local checkpoint (when it has one),
     and every checkpoint in the converted HuBERT format loads into its model (:func:`open_checkpoint`).
+
+    Args:
+        problems: where to record the problems (default: raise them all at the end).
+    Raises:
+        ScoreError: naming the upstream and the problem (each problem, when ``problems`` is None).
+    """
+    collect = problems or Problems()
+    # labels are unique already (settings.distinct_labels)
+    usable = [u for u in upstreams if collect.run(_check_upstream, u) is not None]
+    for upstream in usable:
+        collect.run(open_checkpoint, upstream)
+    if problems is None:
+        collect.raise_any()
+
+
+def _check_upstream(upstream: Upstream) -> bool:
+    """The cheap checks of one upstream (hub entry, checkpoint given and present); True if it passes.
 
     Raises:
         ScoreError: naming the upstream and the problem.
@@ -38,18 +90,16 @@ def check_upstreams(upstreams: Sequence[Upstream]) -> None:
     register()
     import s3prl.hub
 
-    for upstream in upstreams:  # labels are unique already (settings.distinct_labels)
-        if not callable(getattr(s3prl.hub, upstream.name, None)):
-            close = difflib.get_close_matches(upstream.name, dir(s3prl.hub), n=3)
-            hint = f" (close: {', '.join(close)})" if close else ""
-            raise ScoreError(f"--upstream {upstream.name}: no such s3prl upstream{hint}")
-        if upstream.name.endswith(("_local", "_url")) and not upstream.ckpt:
-            raise ScoreError(f"--upstream {upstream.name}: needs a checkpoint: {upstream.name}=CKPT")
-        if upstream.ckpt and "://" not in upstream.ckpt and not os.path.exists(upstream.ckpt):
-            hint = f" (${CKPT_ENV} or the default path); {MAKE_ONE}" if upstream.name == "score_hubert" else ""
-            raise ScoreError(f"{upstream.ckpt}: checkpoint of --upstream {upstream.name} not found{hint}")
-    for upstream in upstreams:
-        open_checkpoint(upstream)
+    if not callable(getattr(s3prl.hub, upstream.name, None)):
+        close = difflib.get_close_matches(upstream.name, dir(s3prl.hub), n=3)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise ScoreError(f"--upstream {upstream.name}: no such s3prl upstream{hint}")
+    if upstream.name.endswith(("_local", "_url")) and not upstream.ckpt:
+        raise ScoreError(f"--upstream {upstream.name}: needs a checkpoint: {upstream.name}=CKPT")
+    if upstream.ckpt and "://" not in upstream.ckpt and not os.path.exists(upstream.ckpt):
+        hint = f" (${CKPT_ENV} or the default path); {MAKE_ONE}" if upstream.name == "score_hubert" else ""
+        raise ScoreError(f"{upstream.ckpt}: checkpoint of --upstream {upstream.name} not found{hint}")
+    return True
 
 
 # Entries whose -k is a local file in a format we read: s3prl's converted HuBERT (ours, and s3prl's
@@ -137,24 +187,38 @@ def check_inputs(settings: Settings) -> None:
     """Check data roots, the lexicon, the upstreams and the results CSV before anything starts.
 
     Raises:
-        ScoreError: naming the option or file at fault.
+        ScoreError: naming the option or file at fault; every problem found, when there are several.
     """
-    results.check_results_file(settings.results)
+    problems = Problems()
+    problems.run(results.check_results_file, settings.results)
     roots = {root for task in settings.tasks for root in RECIPES[task].data_roots}
     if "libri_root" in roots:
-        libri = _root(settings.libri_root, "--libri-root", "libri_root", "LibriSpeech root")
-        words = {split: corpora.transcripts(corpora.split_files(libri, split)) for split in SPLITS}
-        if settings.lexicon is not None and any(RECIPES[t].given_instead == "lexicon" for t in settings.tasks):
-            check_lexicon(settings.lexicon, words)
+        libri = problems.run(_root, settings.libri_root, "--libri-root", "libri_root", "LibriSpeech root")
+        if libri is not None:
+            words = problems.run(_transcripts, libri)
+            lexicon_used = any(RECIPES[t].given_instead == "lexicon" for t in settings.tasks)
+            if words is not None and settings.lexicon is not None and lexicon_used:
+                problems.run(check_lexicon, settings.lexicon, words)
     if "quesst_root" in roots:
-        quesst = _root(settings.quesst_root, "--quesst-root", "quesst_root", "QUESST 2014 root")
-        for split in qbe_splits(settings):
-            corpora.check_quesst(quesst, QBE_LANGUAGE_KEY[split])
-            # parsed now: a bad ground truth must not wait until the (long) evaluation is over
-            mtwv.scored_queries(mtwv.load_groundtruth(quesst / "scoring" / QBE_GROUNDTRUTH[split]))
+        quesst = problems.run(_root, settings.quesst_root, "--quesst-root", "quesst_root", "QUESST 2014 root")
+        if quesst is not None:
+            for split in qbe_splits(settings):
+                problems.run(_check_quesst_split, quesst, split)
     if "probe" in settings.tasks:
-        check_probe_audio(settings)
-    check_upstreams(settings.upstreams)
+        problems.run(check_probe_audio, settings)
+    check_upstreams(settings.upstreams, problems)
+    problems.raise_any()
+
+
+def _transcripts(libri: Path) -> dict[str, dict[str, list[str]]]:
+    """split -> utterance id -> transcript words, for every split the recipes read."""
+    return {split: corpora.transcripts(corpora.split_files(libri, split)) for split in SPLITS}
+
+
+def _check_quesst_split(quesst: Path, split: str) -> None:
+    corpora.check_quesst(quesst, QBE_LANGUAGE_KEY[split])
+    # parsed now: a bad ground truth must not wait until the (long) evaluation is over
+    mtwv.scored_queries(mtwv.load_groundtruth(quesst / "scoring" / QBE_GROUNDTRUTH[split]))
 
 
 def check_probe_audio(settings: Settings) -> None:

@@ -55,8 +55,9 @@ import re
 import sys
 from pathlib import Path
 
-from ..errors import ScoreError
+from ..errors import ArgumentParser, ScoreError
 from ..lexicons import CMUDICT, G2P, Lexicon, parse_lexicon
+from ..runtime import device_name
 from ..recipes import RECIPES
 from ..runlock import run_lock
 from . import results, summary
@@ -73,7 +74,7 @@ PROBE_TITLE = ("invariance probe, SCORE's views ('score'): value = view / other-
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="score-s3prl superb",
+    parser = ArgumentParser(prog="score-s3prl superb",
                                      description="SUPERB ASR, PR and QbE through stock s3prl, baseline vs SCORE.",
                                      epilog="Environment: " + ", ".join(f"${v} (--{k.replace('_', '-')})"
                                                                        for k, v in ENV.items()))
@@ -97,7 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, metavar="CSV", help="results CSV (default: results/superb_results.csv; "
                                                      "demo: <out>/superb_results.csv)")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="gains chart PNG (default: superb_gains.png beside the CSV)")
-    parser.add_argument("--device", default="auto", help="s3prl --device: auto (cuda if available), cpu, cuda (demo: cpu)")
+    parser.add_argument("--device", default="auto", type=device_name,
+                        help="s3prl --device: auto (cuda if available where the command runs), cpu, cuda, cuda:N "
+                             "(demo: cpu)")
     parser.add_argument("--steps", type=int, help="ASR/PR training updates (default: the recipe's; demo: 20)")
     parser.add_argument("--workers", type=int, help="dataloader workers (default: the recipe's; demo: 0)")
     parser.add_argument("--qbe-layer", type=int, default=LAST_LAYER, help="QbE layer on test (default: -1, the last)")
@@ -160,14 +163,6 @@ def _lexicon(value: str | None) -> Lexicon:
     return parse_lexicon(value)
 
 
-def resolve_device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def settings_from(args: argparse.Namespace) -> Settings:
     demo = args.task == "demo"
     out = (args.out or Path("demo" if demo else "exp/superb")).expanduser().resolve()
@@ -186,7 +181,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         upstreams=() if demo else distinct_labels(tuple(parse_upstream(u) for u in (args.upstream or DEFAULT_UPSTREAMS))),
         out=out, results=csv, plot=(args.plot or csv.with_name("superb_gains.png")).expanduser().resolve(),
         libri_root=libri_root, quesst_root=_env_path(args.quesst_root, "quesst_root"),
-        lexicon=lexicon.file, lexicon_source=lexicon.source, device="cpu" if demo else resolve_device(args.device),
+        lexicon=lexicon.file, lexicon_source=lexicon.source, device="cpu" if demo else args.device,
         steps=args.steps or (DEMO_STEPS if demo else None), workers=0 if demo and args.workers is None else args.workers,
         qbe_layer=args.qbe_layer, qbe_dev_layers=parse_layers(args.qbe_dev_layers), demo=demo,
         # tiny models gain nothing from more threads, and spinning OpenMP threads slow a shared CPU
@@ -241,6 +236,8 @@ def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
 
         pipeline.say(f"\n{PROBE_TITLE}\n" + probe.format_table(
             [r for path in planner.probe_csvs for r in probe.read_csv(path) if r.perturbation == probe.SCORE]))
+        for figure in probe.plot_by_folder(planner.probe_csvs, settings.out / "probe"):  # every upstream in one
+            pipeline.say(f"probe figure: {figure}")
     pipeline.say(f"{len(rows)} rows of this run in {settings.results}")
     if settings.demo:
         pipeline.say(DEMO_NOTICE)

@@ -33,10 +33,11 @@ import torch
 import torchaudio.functional as AF
 
 from ..audio import SAMPLE_RATE, load_audio
+from ..corpora import BUNDLED_SPEECH
 from ..errors import ScoreError
 from ..fileio import atomic_open, atomic_write_text
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "librispeech-mini"
+ASSETS = BUNDLED_SPEECH
 LIBRISPEECH_SPLITS = ("train-clean-100", "dev-clean", "test-clean")
 QUESST_RATE = 8000  # QUESST 2014 ships 8 kHz audio; the recipe resamples it to 16 kHz
 

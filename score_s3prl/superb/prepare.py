@@ -22,14 +22,13 @@ Each ``prepare_*`` returns the ``-o`` string that points the matching recipe at 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from ..corpora import SPLITS, check_quesst, override
-from ..errors import ScoreError
+from ..errors import ArgumentParser, RawDescriptionHelpFormatter, ScoreError
 from ..lexicons import G2P, SOURCES
 from ..recipes import RECIPES, DataPaths
 
@@ -66,8 +65,8 @@ def prepare_qbe(quesst_root: str | os.PathLike) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m score_s3prl.superb.prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m score_s3prl.superb.prepare", description=__doc__,
+                            formatter_class=RawDescriptionHelpFormatter)
     tasks = parser.add_subparsers(dest="task", required=True)
     for task in ("asr", "pr"):
         sub = tasks.add_parser(task, help=f"prepare LibriSpeech for the {task} recipe")
