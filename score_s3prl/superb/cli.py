@@ -43,9 +43,11 @@ import contextlib
 import dataclasses
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
+from .. import children
 from ..errors import ScoreError
 from ..recipes import RECIPES
 from . import results
@@ -165,8 +167,17 @@ def record_results(csv_path: Path, stage: Stage) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    with contextlib.ExitStack() as lock:  # the run lock of --out, released however the run ends
-        return run(parse_args(argv), lock)
+    args = parse_args(argv)
+    try:
+        # SIGTERM/SIGHUP raise Terminated, as SIGINT raises KeyboardInterrupt: a running stage's
+        # process group is stopped first (stages.run_command), then the run lock is released
+        with children.signals_as_exceptions(), contextlib.ExitStack() as lock:
+            return run(args, lock)
+    except (children.Terminated, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, children.Terminated) else signal.SIGINT
+        print(f"stopped by {signal.Signals(signum).name}; its running stage was stopped, the run lock "
+              f"released; re-run to resume", file=sys.stderr)
+        return 128 + signum
 
 
 def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
