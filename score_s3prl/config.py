@@ -289,9 +289,44 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+VOLATILE_KEYS = ("out", "device", "log_every", "save_every")  # shape no trained weight
+# where the corpus sits, not what it is: a resume compares the corpus's content instead
+# (train.data_identity), so a run whose data was copied to another disk resumes
+DATA_LOCATION_KEYS = ("root", "manifest", "cache_dir")
+
+
 def config_hash(cfg: TrainConfig) -> str:
     """A short stable hash of everything that shapes the trained weights."""
     data = config_dict(cfg)
-    for volatile in ("out", "device", "log_every", "save_every"):
+    for volatile in VOLATILE_KEYS:
         data.pop(volatile)
     return json_hash(data)
+
+
+def resume_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with the run it continues, as flat dotted keys:
+    everything that shapes the weights except where the data sits."""
+    data = config_dict(cfg)
+    for volatile in VOLATILE_KEYS:
+        data.pop(volatile)
+    for key in DATA_LOCATION_KEYS:
+        data["data"].pop(key)
+    return flatten(data)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differing_keys(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``key (saved -> now)`` for each flat key whose value differs (or is on one side only)."""
+    missing = object()
+    return [f"{key} ({saved.get(key, 'unset')!r} -> {now.get(key, 'unset')!r})"
+            for key in sorted(set(saved) | set(now)) if saved.get(key, missing) != now.get(key, missing)]

@@ -12,8 +12,12 @@ between their projected last-layer frames (LASER: plus its temporal regulariser)
     score_hubert.pt    the export: s3prl's converted HuBERT format plus a ``score`` block
                        (score_wavlm.pt for a WavLM base: the format ``wavlm_local`` reads)
 
-Re-running with the same ``out`` resumes from ``train_state.pt``. SIGINT/SIGTERM save the
-state at the next update boundary before exiting, so a pre-empted job loses nothing.
+Re-running with the same ``out`` resumes from ``train_state.pt``, also with the data staged at
+another path (a SLURM job copying the corpus to its node's disk): a resume compares the settings
+and the corpus's content (:func:`data_identity`), not where it sits, and a refusal names the keys
+that differ. SIGINT/SIGTERM, and SLURM's pre-timeout signals SIGUSR1/SIGUSR2, save the state at
+the next update boundary before exiting, so a pre-empted job loses nothing
+(``score-s3prl finetune --launcher slurm`` then requeues it: :mod:`score_s3prl.slurm_finetune`).
 """
 
 from __future__ import annotations
@@ -40,9 +44,10 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import write_converted
-from .config import TrainConfig, config_dict, config_hash, load_config
+from .config import TrainConfig, config_dict, config_hash, differing_keys, load_config, resume_settings
 from .errors import ArgumentParser, ScoreError
 from .fileio import atomic_open, atomic_torch_save, remove_stale_temps
+from .hashing import json_hash
 
 SAMPLE_RATE = 16000
 STATE_FILE = "train_state.pt"
@@ -135,6 +140,20 @@ def min_input_samples(hubert) -> int:
     return samples
 
 
+def check_split(utterances_per_update: int, processes: int) -> None:
+    """Refuse an update size the processes cannot share exactly: each process takes
+    ``utterances_per_update / processes`` utterances, and rounding up would silently train on
+    more per update than the config says."""
+    if utterances_per_update % processes:
+        multiples = sorted({processes * max(1, utterances_per_update // processes),
+                            processes * (utterances_per_update // processes + 1)})
+        raise ScoreError(
+            f"config: optim.utterances_per_update = {utterances_per_update} cannot be split evenly over "
+            f"{processes} processes (each would take {math.ceil(utterances_per_update / processes)}, "
+            f"{math.ceil(utterances_per_update / processes) * processes} per update); use a multiple of "
+            f"{processes} ({' or '.join(map(str, multiples))}) or a process count that divides {utterances_per_update}")
+
+
 def check_min_seconds(cfg: TrainConfig, hubert) -> None:
     """Refuse a ``data.min_seconds`` so short that a kept utterance, once sped up by the
     largest speed factor, is too short for the CNN: found here, before any work, instead of
@@ -180,9 +199,21 @@ def batch_stream(plan, position: Position, ranks: Ranks) -> Iterator[list[int]]:
 # ----------------------------------------------------------------------------- state
 
 
-def save_state(path: Path, model, optimizer, scheduler, position: Position, cfg, base_sha256: str = "") -> None:
+def data_identity(utterances) -> dict:
+    """What the corpus is, wherever it sits: its size and a hash of each file's path relative to
+    the files' common folder and its length in samples, in corpus order (the order the batch
+    plan indexes). The same files copied to another disk have the same identity."""
+    folders = [os.path.dirname(u.path) for u in utterances]
+    base = os.path.commonpath(folders) if folders else ""
+    listing = [(os.path.relpath(u.path, base), u.num_samples) for u in utterances]
+    return {"data.files": len(listing), "data.samples": sum(n for _, n in listing), "data.content": json_hash(listing)}
+
+
+def save_state(path: Path, model, optimizer, scheduler, position: Position, cfg, base_sha256: str = "",
+               data: dict | None = None) -> None:
     """Write the resumable state; it records what it was trained from (the base checkpoint's
-    SHA-256 and the config hash), so a resume with other weights at the same path is refused."""
+    SHA-256, the settings and the corpus's :func:`data_identity`), so a resume with other
+    weights, settings or data is refused."""
     trainable = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
     atomic_torch_save(
         {
@@ -191,6 +222,7 @@ def save_state(path: Path, model, optimizer, scheduler, position: Position, cfg,
             "scheduler": scheduler.state_dict(),
             "position": vars(position),
             "config_hash": config_hash(cfg),
+            "settings": {**resume_settings(cfg), **(data or {})},
             "base_sha256": base_sha256,
         },
         path,
@@ -202,13 +234,14 @@ def base_sha256(identity: str) -> str:
     return identity.rpartition("sha256:")[2]
 
 
-def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = "") -> Position:
+def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = "", data: dict | None = None) -> Position:
     """Restore the state at ``path`` into the model, optimiser and scheduler.
 
     Raises:
         ScoreError: the file is unreadable or refused (it is read weights-only), or it was
-            written for another base checkpoint (by content, not path), another config, or
-            parameters of other names or shapes. Each message says how to start over.
+            written for another base checkpoint (by content, not path), other settings or another
+            corpus (by content, not path: the keys that differ are named), or parameters of other
+            names or shapes. Each message says how to start over.
     """
     from .safeload import load_checkpoint
 
@@ -226,7 +259,13 @@ def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = 
             f"but init {cfg.init!r} now has sha256 {base_sha256}; resuming would mix two models: "
             f"put the original base back, or {start_over}"
         )
-    if saved_hash != config_hash(cfg):
+    saved_settings = state.get("settings")
+    if isinstance(saved_settings, dict):
+        differ = differing_keys(saved_settings, {**resume_settings(cfg), **(data or {})})
+        if differ:
+            raise ScoreError(f"{path}: this run directory was trained with another config: "
+                             f"{'; '.join(differ)}; use the same settings and data, or {start_over}")
+    elif saved_hash != config_hash(cfg):  # a state written before settings were recorded
         raise ScoreError(
             f"{path}: this run directory was trained with another config "
             f"(hash {saved_hash} != {config_hash(cfg)}); use the same config, or {start_over}"
@@ -317,9 +356,10 @@ def plot_log(csv_path: Path, png_path: Path) -> None:
 
 
 class StopRequest:
-    """Within ``with``: SIGINT/SIGTERM set a flag that the loop checks between updates."""
+    """Within ``with``: SIGINT/SIGTERM, and SIGUSR1/SIGUSR2 (SLURM's pre-timeout signals:
+    ``sbatch --signal``, submitit's ``USR2@90``), set a flag that the loop checks between updates."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -335,8 +375,10 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
-        if self.signal is not None:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
+        if self.signal is not None:
+            if signum == signal.SIGINT:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            return  # SLURM signals each process of a job, then its launcher forwards: one stop is enough
         self.signal = signum
 
 
@@ -369,6 +411,7 @@ class Run:
     autocast: object
     writer: object  # TensorBoard SummaryWriter on rank 0, else None
     bar: tqdm
+    data: dict  # the corpus's data_identity, recorded in the state
     log_rows: list = field(default_factory=list)  # rows not yet written to train_log.csv
     started: float = 0.0
     unreadable_batches: int = 0
@@ -404,6 +447,7 @@ def setup(cfg: TrainConfig) -> Run:
     if not cfg.init:
         raise ScoreError("no base model: set `init` (or --init) to hubert_base, a checkpoint or an HF dir")
     out = Path(cfg.out)
+    check_split(cfg.optim.utterances_per_update, int(os.environ.get("WORLD_SIZE", 1)))
     out.mkdir(parents=True, exist_ok=True)
     ranks = init_distributed(cfg.device)
     if ranks.main:  # leftovers of writes a kill -9 interrupted (this run dir only)
@@ -430,15 +474,16 @@ def setup(cfg: TrainConfig) -> Run:
     whole = cfg.data.mode == "whole"  # the official code: whole utterances, one per forward pass
     crop = None if whole else int(cfg.data.crop_seconds * SAMPLE_RATE)
     min_len = int(cfg.data.min_seconds * SAMPLE_RATE)
-    share = math.ceil(o.utterances_per_update / ranks.world)  # utterances per rank per update
+    share = o.utterances_per_update // ranks.world  # utterances per rank per update (check_split: exact)
     batch_size = 1 if whole else min(cfg.data.batch_size, share)
     # One utterance per batch: the plan's shuffled batch list is a uniformly random order.
     plan = BatchPlan(utterances, cfg.data.batch_seconds, batch_size, cfg.seed,
                      crop_samples=crop, min_samples=min_len)  # too-short files are left out and counted
     position = Position()
     state_path = out / STATE_FILE
+    data = data_identity(utterances)
     if state_path.exists():
-        position = load_state(state_path, model, optimizer, scheduler, cfg, base_sha256(base_identity))
+        position = load_state(state_path, model, optimizer, scheduler, cfg, base_sha256(base_identity), data)
         if ranks.main:  # the log is rank 0's file
             append_log(out / LOG_FILE, [], keep_upto=position.update)
             print(f"resuming {out} at update {position.update}", file=sys.stderr)
@@ -447,7 +492,7 @@ def setup(cfg: TrainConfig) -> Run:
     bf16 = cfg.precision == "bf16" and device.type == "cuda"
     return Run(
         cfg=cfg, out=out, ranks=ranks, device=device, base_state=base_state, base_identity=base_identity,
-        model=model, params=params, optimizer=optimizer, scheduler=scheduler, views=views,
+        model=model, params=params, optimizer=optimizer, scheduler=scheduler, views=views, data=data,
         generator=torch.Generator(), utterances=utterances, plan=plan, crop=crop, min_len=min_len,
         share=share, position=position, batches=batch_stream(plan, position, ranks),
         autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
@@ -558,7 +603,7 @@ def log_and_save(run: Run, loss_value: float, grad_norm: torch.Tensor, seconds: 
             run.writer.add_scalar(f"train/{key}", row[key], position.update)
     if position.update % cfg.save_every == 0:
         save_state(run.state_path, run.model, run.optimizer, run.scheduler, position, cfg,
-                   base_sha256(run.base_identity))
+                   base_sha256(run.base_identity), run.data)
         append_log(run.log_path, run.log_rows)
         run.log_rows = []
 
@@ -571,7 +616,7 @@ def finish(run: Run, stopped: int) -> Path:
     export_path = run.out / EXPORT_FILES[base_architecture(run.base_state)]
     if run.ranks.main:
         save_state(run.state_path, run.model, run.optimizer, run.scheduler, position, cfg,
-                   base_sha256(run.base_identity))
+                   base_sha256(run.base_identity), run.data)
         append_log(run.log_path, run.log_rows)
         run.writer.close()
         if stopped:
