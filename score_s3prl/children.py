@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 STOP_GRACE_S = 30.0  # SIGTERM -> SIGKILL: time for a trainer to reach an update boundary and save
@@ -51,10 +51,20 @@ def _die_with_parent(parent: int) -> None:
             os._exit(143)
 
 
-def spawn(argv: list[str], **popen: Any) -> subprocess.Popen:
-    """``subprocess.Popen(argv, **popen)`` in a new process group that dies with this process."""
+def spawn(argv: list[str], preexec_signals: Callable[[], None] | None = None, **popen: Any) -> subprocess.Popen:
+    """``subprocess.Popen(argv, **popen)`` in a new process group that dies with this process.
+
+    ``preexec_signals`` runs in the child before exec to set signal dispositions (an ignored
+    signal stays ignored across exec until the program installs a handler).
+    """
     me = os.getpid()
-    return subprocess.Popen(argv, process_group=0, preexec_fn=lambda: _die_with_parent(me), **popen)
+
+    def preexec() -> None:
+        _die_with_parent(me)
+        if preexec_signals is not None:
+            preexec_signals()
+
+    return subprocess.Popen(argv, process_group=0, preexec_fn=preexec, **popen)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -80,17 +90,31 @@ def stop(process: subprocess.Popen, grace: float = STOP_GRACE_S) -> int | None:
             os.killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            if process.poll() is not None and not _group_alive(pgid):
+            if _reaped(process) and not _group_alive(pgid):
                 break
             time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-        process.wait()
-        while _group_alive(pgid):  # the group's last members, killed, are being reaped
+        while not _reaped(process) or _group_alive(pgid):  # the killed members are being reaped
             time.sleep(0.01)
         return process.returncode
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _reaped(process: subprocess.Popen) -> bool:
+    """Reap ``process`` if it has exited, without Popen's wait lock: stop() may run in a signal
+    handler that interrupted a ``process.wait()`` holding that lock."""
+    if process.returncode is not None:
+        return True
+    try:
+        pid, status = os.waitpid(process.pid, os.WNOHANG)
+    except ChildProcessError:  # reaped by someone else
+        return True
+    if pid == 0:
+        return False
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return True
 
 
 def end_group(process: subprocess.Popen) -> None:

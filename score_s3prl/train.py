@@ -681,6 +681,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     parser.add_argument("--out", help="run directory (re-running resumes)")
     parser.add_argument("--steps", type=int, help="total optimiser updates")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                        help="local: run here (default); slurm: submit one SLURM job (torchrun across "
+                             "its GPUs and nodes) that requeues itself at the time limit and resumes")
+    parser.add_argument("--wait", action="store_true", help="slurm: wait for the job to end")
+    from .slurm import add_arguments
+
+    add_arguments(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, dotted")
     args = parser.parse_args(argv)
     flags = {"init": args.init, "data.root": args.data, "out": args.out, "optim.total_updates": args.steps,
@@ -691,6 +698,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
 def main(argv: list[str] | None = None) -> int:
     args, flags = parse_args(argv)
     cfg = load_config(args.config, args.overrides, flags)
+    if args.launcher == "slurm":
+        from .slurm import options_from
+        from .slurm_finetune import run as run_on_slurm
+
+        return run_on_slurm(cfg, options_from(args), args.wait)
     try:
         print(train(cfg))
         code = 0

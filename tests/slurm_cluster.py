@@ -161,6 +161,18 @@ class OneNodeSlurm:
         out = self.client("squeue", "-h", "-o", "%i", check=False)
         return out.split()
 
+    def start_requeued_now(self, job: str, timeout: float = 60.0) -> None:
+        """Wait until ``job`` is back in the queue after a requeue, then let it start at once.
+
+        SLURM holds a requeued batch job for 120 s (its BeginTime); the tests need not wait.
+        """
+        deadline = time.monotonic() + timeout
+        while self.client("squeue", "-h", "-j", job, "-o", "%T %r", check=False).split() != ["PENDING", "BeginTime"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job} was not requeued within {timeout:.0f} s")
+            time.sleep(0.1)
+        self.client("scontrol", "update", f"JobId={job}", "StartTime=now")
+
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Wait until no job is pending or running."""
         deadline = time.monotonic() + timeout
