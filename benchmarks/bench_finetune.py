@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from score_s3prl.audio import load_audio
-from score_s3prl.checkpoint import build_hubert, random_hubert_state, write_converted
+from score_s3prl.checkpoints.hubert import build_hubert, random_hubert_state, write_converted
 from score_s3prl.config import load_config
 from score_s3prl.train import train
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
 import os
 import sys
 import types
@@ -375,14 +374,9 @@ def _install_hf(name: str, value: Any) -> None:
 
 def _namespace_refused() -> bool:
     """True when torch.load (weights_only by default since torch 2.6) refuses a Namespace."""
-    buffer = io.BytesIO()
-    torch.save({"Args": argparse.Namespace(mode="train")}, buffer)
-    buffer.seek(0)
-    try:
-        torch.load(buffer, map_location="cpu")
-    except Exception:
-        return True
-    return False
+    from .checkpoints.safeload import default_load_refuses
+
+    return default_load_refuses({"Args": argparse.Namespace(mode="train")})
 
 
 def _allow_namespace() -> None:

@@ -47,7 +47,8 @@ from s3prl.upstream.hubert import expert as hubert_expert  # noqa: E402
 from s3prl.upstream.hubert.expert import UpstreamExpert  # noqa: E402
 
 from . import compat  # noqa: E402
-from .checkpoint import build_hubert, read_converted  # noqa: E402
+from .checkpoints.hubert import build_hubert, read_converted  # noqa: E402
+from .checkpoints.wavlm import read_wavlm  # noqa: E402
 from .errors import ScoreError  # noqa: E402
 
 CKPT_ENV = "SCORE_HUBERT_CKPT"
@@ -111,11 +112,11 @@ def score_hubert_url(ckpt: str | None = None, model_config: str | None = None, r
 
     ``refresh`` (``-r``) downloads again. ``http``, ``https`` and ``file`` URLs work; a
     download has timeouts, its HTTP status checked, and enters s3prl's cache only once it
-    loads as a converted checkpoint (:func:`score_s3prl.download.fetch`).
+    loads as a converted checkpoint (:func:`score_s3prl.checkpoints.download.fetch`).
     """
     if not ckpt:
         raise ScoreError("score_hubert_url needs a checkpoint URL: -k https://...")
-    from .download import fetch
+    from .checkpoints.download import fetch
 
     path = fetch(ckpt, refresh=refresh, validate=read_converted)
     return ScoreHubertExpert(path, **kwargs)
@@ -142,24 +143,6 @@ WAVLM_CKPT_ENV = "SCORE_WAVLM_CKPT"
 DEFAULT_WAVLM_CKPT = os.path.join("exp", "score_wavlm_base", "score_wavlm.pt")
 
 
-def read_wavlm(path: str) -> dict[str, Any]:
-    """Load a WavLM checkpoint weights-only (:mod:`score_s3prl.safeload`) and check it builds
-    s3prl's WavLM strictly.
-
-    Raises:
-        ScoreError: one line naming ``path``: missing, not a checkpoint, not a WavLM, or weights
-            that do not fit its config.
-    """
-    from .checkpoint import build_wavlm, is_wavlm_state
-    from .safeload import load_checkpoint
-
-    state = load_checkpoint(path)
-    if not is_wavlm_state(state):
-        raise ScoreError(f"{path}: not an s3prl WavLM checkpoint (a dict with a flat `cfg` and `model`)")
-    build_wavlm(state, path)
-    return state
-
-
 def score_wavlm_local(ckpt: str | None = None, model_config: str | None = None, refresh: bool = False,
                       **kwargs: Any):
     """The upstream for a tuned WavLM file (``-u score_wavlm_local -k PATH``): s3prl's WavLM expert."""
@@ -180,7 +163,7 @@ def score_wavlm_url(ckpt: str | None = None, model_config: str | None = None, re
     the same timeouts and checks as :func:`score_hubert_url`; only a loadable WavLM is cached."""
     if not ckpt:
         raise ScoreError("score_wavlm_url needs a checkpoint URL: -k https://...")
-    from .download import fetch
+    from .checkpoints.download import fetch
 
     path = fetch(ckpt, refresh=refresh, validate=read_wavlm)
     return score_wavlm_local(path, **kwargs)

@@ -54,8 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from .base_models import load_base_state
-from .checkpoint import build_base
+from .checkpoints import build_base, load_base_state
 from .errors import ScoreError
 
 __all__ = [

@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 
 from .errors import ScoreError
-from .safeload import weights_only_torch_load
+from .checkpoints.safeload import weights_only_torch_load
 
 if __name__ == "__main__":
     # `python -m score_s3prl.run_downstream`: go through the CLI, which checks that torch and
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     stock_runner.SummaryWriter = tracked_writer
     try:
         # s3prl loads -e/-i states and some upstream checkpoints with a bare torch.load:
-        # weights only, and a refused file is one error line (score_s3prl.safeload)
+        # weights only, and a refused file is one error line (score_s3prl.checkpoints.safeload)
         with weights_only_torch_load():
             stock.main()
     except ScoreError as exc:

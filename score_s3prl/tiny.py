@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from .checkpoint import tiny_hubert_state, tiny_wavlm_state, write_converted, write_wavlm
+from .checkpoints.hubert import tiny_hubert_state, write_converted
+from .checkpoints.wavlm import tiny_wavlm_state, write_wavlm
 from .errors import ArgumentParser, ScoreError
 
 

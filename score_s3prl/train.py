@@ -43,7 +43,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import write_converted
+from .checkpoints.hubert import write_converted
 from .config import TrainConfig, config_dict, config_hash, differing_keys, load_config, resume_settings
 from .errors import ArgumentParser, ScoreError
 from .fileio import atomic_open, atomic_torch_save, remove_stale_temps
@@ -243,7 +243,7 @@ def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = 
             corpus (by content, not path: the keys that differ are named), or parameters of other
             names or shapes. Each message says how to start over.
     """
-    from .safeload import load_checkpoint
+    from .checkpoints.safeload import load_checkpoint
 
     start_over = f"to start over, delete {path.parent} or use a new --out"
     state = load_checkpoint(path, "training state")
@@ -290,7 +290,8 @@ def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = 
 def export(path: Path, base_state: dict, base_identity: str, model, cfg, position: Position) -> None:
     """Write the tuned student merged into the base checkpoint, in the base's own s3prl format:
     the converted HuBERT dict (stock ``hubert_local``) or the WavLM dict (stock ``wavlm_local``)."""
-    from .checkpoint import base_architecture, write_wavlm
+    from .checkpoints import base_architecture
+    from .checkpoints.wavlm import write_wavlm
     from .model import student_state_for_export
 
     score = {
@@ -440,7 +441,7 @@ def setup(cfg: TrainConfig) -> Run:
     from tensorboardX import SummaryWriter
 
     from .augment import CorrespondenceViews
-    from .base_models import load_base_state
+    from .checkpoints import load_base_state
     from .data import BatchPlan
     from .model import ScoreModel, trainable_summary
 
@@ -611,7 +612,7 @@ def log_and_save(run: Run, loss_value: float, grad_norm: torch.Tensor, seconds: 
 def finish(run: Run, stopped: int) -> Path:
     """Save the state and, unless stopped by a signal, export; leave the process group."""
     cfg, position = run.cfg, run.position
-    from .checkpoint import base_architecture
+    from .checkpoints import base_architecture
 
     export_path = run.out / EXPORT_FILES[base_architecture(run.base_state)]
     if run.ranks.main:

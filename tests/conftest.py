@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from score_s3prl.audio import load_audio
-from score_s3prl.checkpoint import tiny_hubert_state, write_converted
+from score_s3prl.checkpoints.hubert import tiny_hubert_state, write_converted
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets" / "librispeech-mini"
@@ -44,7 +44,7 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_wavlm_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random WavLM (4 layers, 32-d, gated relative position bias) in the format s3prl's
     ``wavlm_local`` reads."""
-    from score_s3prl.checkpoint import tiny_wavlm_state, write_wavlm
+    from score_s3prl.checkpoints.wavlm import tiny_wavlm_state, write_wavlm
 
     path = tmp_path_factory.mktemp("tiny") / "tiny_wavlm.pt"
     write_wavlm(path, **tiny_wavlm_state(seed=0))

@@ -3,6 +3,7 @@ upstream's hidden states on real speech."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,8 @@ def test_hf_export_has_the_s3prl_upstreams_hidden_states(arch, tiny_ckpt, tiny_w
             torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
     # our base-model reader takes the directory back: the same weights, in the same s3prl format
-    from score_s3prl.base_models import load_base_state
-    from score_s3prl.checkpoint import base_architecture
+    from score_s3prl.checkpoints import load_base_state
+    from score_s3prl.checkpoints import base_architecture
 
     back, _ = load_base_state(str(out))
     assert base_architecture(back) == arch
@@ -82,8 +83,32 @@ def test_hf_export_has_the_s3prl_upstreams_hidden_states(arch, tiny_ckpt, tiny_w
 
 
 def test_export_of_a_non_checkpoint_is_a_clear_error(tmp_path):
-    from score_s3prl.export import export_hf
+    from score_s3prl.checkpoints.transformers_dirs import export_hf
 
     (tmp_path / "x.pt").write_text("nothing")
-    with pytest.raises(ScoreError, match="x.pt: not a loadable checkpoint"):
+    with pytest.raises(ScoreError, match="x.pt: not a PyTorch checkpoint"):
         export_hf(tmp_path / "x.pt", tmp_path / "out")
+
+
+class _RunsCommand:
+    """Unpickles as a call of os.system: what a hostile checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_export_of_a_checkpoint_naming_code_is_refused_in_one_line(tmp_path):
+    from score_s3prl.checkpoints.transformers_dirs import export_hf
+
+    marker = tmp_path / "ran"
+    torch.save({"model_weight": _RunsCommand(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ScoreError) as error:
+        export_hf(tmp_path / "evil.pt", tmp_path / "out")
+    message = str(error.value)
+    # read through checkpoints.safeload: torch's advice to re-run with weights_only=False is gone
+    assert "evil.pt: not a loadable checkpoint: it names" in message and "system" in message
+    assert "\n" not in message and "weights_only" not in message
+    assert not marker.exists() and not (tmp_path / "out").exists()

@@ -6,7 +6,7 @@ import soundfile
 import torch
 
 from score_s3prl.audio import AudioError, load_audio
-from score_s3prl.checkpoint import build_hubert, read_converted, tiny_hubert_state, write_converted
+from score_s3prl.checkpoints.hubert import build_hubert, read_converted, tiny_hubert_state, write_converted
 from score_s3prl.errors import ScoreError
 from score_s3prl.fileio import atomic_open
 

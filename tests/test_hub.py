@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from score_s3prl import hub
-from score_s3prl.checkpoint import tiny_hubert_state, write_converted
+from score_s3prl.checkpoints.hubert import tiny_hubert_state, write_converted
 from score_s3prl.errors import ScoreError
 
 LAYERS = 4  # tiny_hubert_state's default

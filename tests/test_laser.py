@@ -115,7 +115,7 @@ def test_laser_freezing_maps_the_official_index_rule_on_real_hubert_base(tmp_pat
     """On HuBERT Base's real parameter order (random weights, built as s3prl's hubert_local
     builds it) the official index rule trains exactly what ScoreModel(method="laser") trains."""
     from score_s3prl import compat
-    from score_s3prl.checkpoint import random_hubert_state, write_converted
+    from score_s3prl.checkpoints.hubert import random_hubert_state, write_converted
     from score_s3prl.model import ScoreModel
 
     compat.apply()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from score_s3prl.checkpoint import build_base
+from score_s3prl.checkpoints import build_base
 from score_s3prl.config import load_config
 from score_s3prl.model import last_layer_features
 from score_s3prl.train import train

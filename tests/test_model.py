@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from score_s3prl.checkpoint import build_hubert, tiny_hubert_state
+from score_s3prl.checkpoints.hubert import build_hubert, tiny_hubert_state
 from score_s3prl.errors import ScoreError
 from score_s3prl.model import (
     FINAL_NORMS,
@@ -86,7 +86,8 @@ SPANS = [(0, 40000), (3000, 19001), (10000, 10000 + 6417), (20000, 20000 + 400)]
 
 @pytest.mark.parametrize("variant", ["post_ln", "pre_ln", "wavlm"])
 def test_padded_batch_equals_each_utterance_alone(speech, variant):
-    from score_s3prl.checkpoint import build_base, tiny_wavlm_state
+    from score_s3prl.checkpoints import build_base
+    from score_s3prl.checkpoints.wavlm import tiny_wavlm_state
 
     state = {"post_ln": tiny_hubert_state, "pre_ln": _pre_ln_state, "wavlm": tiny_wavlm_state}[variant](0)
     model, normalize = build_base(state)
@@ -211,7 +212,7 @@ def test_official_dropout_runs_the_teacher_in_train_mode(speech):
 
 
 def test_wavlm_freezing_by_structure_keeps_the_relative_position_bias_with_layer_1():
-    from score_s3prl.checkpoint import tiny_wavlm_state
+    from score_s3prl.checkpoints.wavlm import tiny_wavlm_state
 
     bias = "encoder.layers.0.self_attn.relative_attention_bias.weight"
     top = ScoreModel(tiny_wavlm_state(0), trainable_layers=2, train_final_norm=True)

@@ -25,7 +25,7 @@ import pytest
 import soundfile
 import torch
 
-from score_s3prl.checkpoint import tiny_hubert_state, write_converted
+from score_s3prl.checkpoints.hubert import tiny_hubert_state, write_converted
 from score_s3prl.errors import ScoreError
 from score_s3prl.superb import cli, demo_data, plan, settings
 from score_s3prl.superb.stages import StageError
@@ -210,7 +210,7 @@ def test_rows_gains_and_plot(env):
     assert [float(r["relative_gain_vs_baseline_%"]) for r in score] == pytest.approx([50.0, 50.0, -50.0, 20.0])
     assert [r["lower_is_better"] for r in rows] == ["true", "true"] * 2 + ["false", "false"] + ["true", "true"]
     assert rows[1]["checkpoint"] == str(env["score"])
-    assert rows[1]["run_dir"] == str(env["out"] / "asr" / "score_hubert_local--score" / "test-clean")
+    assert rows[1]["run_dir"] == str(env["out"] / "asr" / "score_hubert_local--score" / "seed1337" / "test-clean")
     assert all(len(r["config_hash"]) == 12 and r["git_commit"] and r["date"] for r in rows)
     assert (env["csv"].parent / "superb_gains.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the data settings in the commands are what the preparation functions return
@@ -231,11 +231,11 @@ def test_rerun_skips_finished_stages_and_force_redoes_them(env, capsys):
     out = capsys.readouterr().out
     assert len(launches(env)) == first and env["csv"].read_bytes() == csv_bytes
     assert out.count("done before, skipped") == 7  # prepare + 2 x (train, evaluate, score)
-    assert "0 rows appended" in out and "+50.00%" in out  # the summary still shows the results
+    assert "+50.00%" in out  # the summary still shows the results
     run(env, "asr", "--force")
     assert len(launches(env)) == 2 * first
-    assert env["csv"].read_bytes().startswith(csv_bytes)  # appended, never rewritten
-    assert len(read_rows(env["csv"])) == 4
+    assert len(read_rows(env["csv"])) == 2  # the rerun's rows replaced the first run's: no duplicates
+    assert [r["value"] for r in read_rows(env["csv"])] == [r["value"] for r in csv.DictReader(io.StringIO(csv_bytes.decode()))]
 
 
 @pytest.mark.slow
@@ -248,7 +248,7 @@ def test_changed_or_broken_stages_rerun_with_what_depends_on_them(env):
     assert len(launches(env)) == 6
     assert float(read_rows(env["csv"])[-1]["relative_gain_vs_baseline_%"]) == pytest.approx(-100.0)
     # a run that died after training: evaluation and scoring run again, training does not
-    (env["out"] / "pr" / "score_hubert_local--score" / "evaluate-test.done.json").unlink()
+    (env["out"] / "pr" / "score_hubert_local--score" / "seed1337" / "evaluate-test.done.json").unlink()
     run(env, "pr")
     new = launches(env)[6:]
     assert [argv[argv.index("-m") + 1] for argv in new] == ["evaluate"]
@@ -270,7 +270,9 @@ def test_new_weights_at_the_same_path_are_evaluated_again(env):
     assert all(str(env["score"]) in " ".join(a) or "-e" in a for a in again)
     assert [a[a.index("--upstream") + 1] for a in launches(env, "probes.jsonl")[2:]] == [
         f"score_hubert_local={env['score']}"]
-    rows = read_rows(env["csv"])[8:]
+    rows = read_rows(env["csv"])
+    assert len(rows) == 8  # the new measurements replaced the old ones of the same run folders
+    rows = [r for r in rows if r["upstream"] == "score_hubert_local"]
     assert [(r["task"], r["upstream"], float(r["value"])) for r in rows] == [
         ("asr", "score_hubert_local", 30.0), ("pr", "score_hubert_local", 30.0),
         ("qbe", "score_hubert_local", pytest.approx(2 / 3)), ("probe", "score_hubert_local", 0.6)]
@@ -318,8 +320,8 @@ def test_failed_stage_names_itself_and_its_log(env, monkeypatch):
     monkeypatch.setenv("FAKE_FAIL", "score_hubert_local -k")
     with pytest.raises(StageError) as error:
         run(env, "asr")
-    log = env["out"] / "asr" / "score_hubert_local--score" / "train.log"
-    assert str(error.value) == f"stage asr/score_hubert_local--score/train failed (exit 1): boom; full output in {log}"
+    log = env["out"] / "asr" / "score_hubert_local--score" / "seed1337" / "train.log"
+    assert str(error.value) == f"stage asr/score_hubert_local--score/seed1337/train failed (exit 1): boom; full output in {log}"
     assert "error: boom" in log.read_text()
     assert not log.with_name("train.done.json").exists()
     # the baseline finished and was recorded; the re-run resumes at the failed stage
@@ -334,7 +336,7 @@ def test_died_training_resumes_from_its_states_checkpoint(env, monkeypatch):
     monkeypatch.setenv("FAKE_DIE", "score_hubert_local -k")
     with pytest.raises(StageError, match="killed after saving states-5.ckpt"):
         run(env, "pr")
-    train_dir = env["out"] / "pr" / "score_hubert_local--score" / "train"
+    train_dir = env["out"] / "pr" / "score_hubert_local--score" / "seed1337" / "train"
     monkeypatch.delenv("FAKE_DIE")
     run(env, "pr")  # same settings: continue from states-5.ckpt, not from scratch
     resumed, evaluate = launches(env)[3:]
@@ -428,11 +430,12 @@ def test_dry_run_prints_the_s3prl_commands(env, capsys, monkeypatch):
                                           ("pr", "ctc", "test", "dev-best.ckpt")]:
         for upstream, ckpt_flags, label in [("hubert_base", {}, "hubert_base"),
                                             ("score_hubert", {"-k": str(ckpt)}, "score_hubert--score_hubert")]:
-            run_dir = out / task / label
+            run_dir = out / task / label / "seed1337"  # one seed by default: s3prl's own
             cwd, train = next(it)
             assert cwd == run_dir
             assert flags(train) == {"-m": "train", "-u": upstream, **ckpt_flags, "-d": downstream,
-                                    "-p": str(run_dir / "train"), "--device": "cpu", "-o": train[-1]}
+                                    "-p": str(run_dir / "train"), "--device": "cpu", "--seed": "1337",
+                                    "-o": train[-1]}
             assert overrides(train[-1]) == data[downstream]
             cwd, evaluate = next(it)
             assert flags(evaluate) == {"-m": "evaluate", "-e": str(run_dir / "train" / best), "-t": split,
@@ -550,13 +553,8 @@ def test_bad_upstreams(env, monkeypatch):
     monkeypatch.setenv("SCORE_HUBERT_CKPT", "/missing/score.pt")
     fails_before_start(env, r"/missing/score.pt: checkpoint of --upstream score_hubert not found "
                             r"\(\$SCORE_HUBERT_CKPT or the default path\); make one with", upstreams=("score_hubert",))
-    fails_before_start(env, r"given twice", upstreams=("hubert_local={base}", "hubert_local={base}"))
-    other = env["root"] / "other" / "base.pt"  # another file of the same name: same run folder
-    other.parent.mkdir()
-    shutil.copy(env["base"], other)
-    fails_before_start(env, r"given twice with the same checkpoint file name; both would run in .*hubert_local--base",
-                       upstreams=("hubert_local={base}", f"hubert_local={other}"))
-    with pytest.raises(ScoreError, match="expected NAME or NAME=CKPT"):
+    fails_before_start(env, r"given twice; each upstream runs once", upstreams=("hubert_local={base}", "hubert_local={base}"))
+    with pytest.raises(ScoreError, match=r"expected \[SYSTEM:\]NAME\[=CKPT\]"):
         settings.parse_upstream("not a name")
 
 
@@ -600,7 +598,7 @@ def test_corrupt_checkpoint_stops_the_run_before_any_stage(env, capsys, kind, pr
 
 def test_corrupt_wavlm_checkpoint_stops_the_run_before_any_stage(env, capsys, tmp_path):
     from score_s3prl import cli as top_cli
-    from score_s3prl.checkpoint import tiny_wavlm_state, write_wavlm
+    from score_s3prl.checkpoints.wavlm import tiny_wavlm_state, write_wavlm
 
     hubert = tmp_path / "hubert_shaped.pt"
     torch.save(tiny_hubert_state(), hubert)  # a good file, of the other architecture

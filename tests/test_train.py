@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from score_s3prl.checkpoint import read_converted
+from score_s3prl.checkpoints.hubert import read_converted
 from score_s3prl.config import load_config
 from score_s3prl.errors import ScoreError
 from score_s3prl.train import EXPORT_FILE, STATE_FILE, lr_factor, train
@@ -73,7 +73,7 @@ def test_lr_schedule_warms_up_then_decays_to_zero(shifted):
 
 def test_loss_falls_on_a_fixed_batch(tiny_ckpt, speech):
     from score_s3prl.augment import CorrespondenceViews
-    from score_s3prl.base_models import load_base_state
+    from score_s3prl.checkpoints import load_base_state
     from score_s3prl.model import ScoreModel
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from score_s3prl.checkpoint import read_converted
+from score_s3prl.checkpoints.hubert import read_converted
 from score_s3prl.config import load_config
 from score_s3prl.errors import ScoreError
 from score_s3prl.train import STATE_FILE, check_split, train

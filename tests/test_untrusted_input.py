@@ -25,8 +25,8 @@ import soundfile
 import torch
 
 from score_s3prl import cli, hub
-from score_s3prl.base_models import load_base_state
-from score_s3prl.checkpoint import tiny_hubert_state, write_converted
+from score_s3prl.checkpoints import load_base_state
+from score_s3prl.checkpoints.hubert import tiny_hubert_state, write_converted
 from score_s3prl.config import load_config
 from score_s3prl.errors import ScoreError
 from score_s3prl.train import EXPORT_FILE, STATE_FILE, train
@@ -285,7 +285,7 @@ def server(tiny_ckpt, tmp_path, monkeypatch):
 
 
 def test_download_that_never_answers_times_out(server):
-    from score_s3prl.download import fetch
+    from score_s3prl.checkpoints.download import fetch
 
     started = time.time()
     with pytest.raises(ScoreError, match=r"/hang/x.pt: cannot download checkpoint \(no answer within 0.5 s\)"):
@@ -294,8 +294,8 @@ def test_download_that_never_answers_times_out(server):
 
 
 def test_http_error_and_garbage_are_refused_and_not_cached(server):
-    from score_s3prl.checkpoint import read_converted
-    from score_s3prl.download import cache_path, fetch
+    from score_s3prl.checkpoints.hubert import read_converted
+    from score_s3prl.checkpoints.download import cache_path, fetch
 
     with pytest.raises(ScoreError, match=r"cannot download checkpoint \(HTTP 404 Not Found\)"):
         hub.score_hubert_url(ckpt=f"{server}/missing/x.pt")
@@ -307,7 +307,7 @@ def test_http_error_and_garbage_are_refused_and_not_cached(server):
 
 
 def test_good_download_is_cached_and_a_bad_cached_file_replaced(server, speech):
-    from score_s3prl.download import cache_path
+    from score_s3prl.checkpoints.download import cache_path
 
     url = f"{server}/good/tiny.pt"
     cache_path(url).parent.mkdir(parents=True, exist_ok=True)
@@ -525,8 +525,8 @@ def test_fuzz_hub_entries(seed, tmp_path, tiny_ckpt, monkeypatch):
 
 
 def test_wavlm_url_entry_downloads_like_the_hubert_one(server, tmp_path, speech):
-    from score_s3prl.checkpoint import tiny_wavlm_state, write_wavlm
-    from score_s3prl.download import cache_path
+    from score_s3prl.checkpoints.wavlm import tiny_wavlm_state, write_wavlm
+    from score_s3prl.checkpoints.download import cache_path
 
     with pytest.raises(ScoreError, match=r"cannot download checkpoint \(HTTP 404 Not Found\)"):
         hub.score_wavlm_url(ckpt=f"{server}/missing/w.pt")

@@ -38,11 +38,7 @@ def check_upstreams(upstreams: Sequence[Upstream]) -> None:
     register()
     import s3prl.hub
 
-    labels = [u.label for u in upstreams]
-    for upstream in upstreams:
-        if labels.count(upstream.label) > 1:
-            raise ScoreError(f"--upstream {upstream.name}: given twice with the same checkpoint file name; "
-                             f"both would run in <out>/<task>/{upstream.label}: rename one checkpoint")
+    for upstream in upstreams:  # labels are unique already (settings.distinct_labels)
         if not callable(getattr(s3prl.hub, upstream.name, None)):
             close = difflib.get_close_matches(upstream.name, dir(s3prl.hub), n=3)
             hint = f" (close: {', '.join(close)})" if close else ""
@@ -76,7 +72,8 @@ def open_checkpoint(upstream: Upstream) -> None:
     """
     if not upstream.ckpt or "://" in upstream.ckpt:
         return
-    from ..hub import ScoreHubertExpert, read_wavlm
+    from ..checkpoints.wavlm import read_wavlm
+    from ..hub import ScoreHubertExpert
 
     if upstream.name in CONVERTED_HUBERT_ENTRIES:
         # the hub entry's own path: read_converted, build_hubert, s3prl's HuBERT expert around it

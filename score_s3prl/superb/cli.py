@@ -2,9 +2,13 @@
 
 TASK is ``asr``, ``pr``, ``qbe``, ``probe``, ``all`` (the four in turn) or ``demo``.
 
-For each upstream (``--upstream NAME[=CKPT]``, repeatable, the first is the baseline; default
-``hubert_base`` and ``score_hubert=$SCORE_HUBERT_CKPT``) the stock s3prl recipe runs through
-``python -m score_s3prl.run_downstream``, one subprocess per stage, in ``<out>/<task>/<upstream>/``:
+For each upstream (``--upstream [SYSTEM:]NAME[=CKPT]``, repeatable, the first is the baseline;
+default ``hubert_base`` and ``score_hubert=$SCORE_HUBERT_CKPT``; upstreams given the same SYSTEM,
+e.g. several fine-tuning seeds, are one system in the summary) and, for the trained tasks, each
+downstream seed (``--seeds 1,2,3``; default s3prl's 1337), the stock s3prl recipe runs through
+``python -m score_s3prl.run_downstream``, one subprocess per stage, in
+``<out>/<task>/<label>/seed<seed>/`` (``<out>/<task>/<label>/`` for QbE and the probe, which train
+nothing and are deterministic given the features):
 
 - ``asr``: train ``-d asr`` (stock settings), evaluate ``-e <train>/dev-clean-best.ckpt -t test-clean``,
   WER recomputed from the hyp/ref files s3prl writes;
@@ -18,8 +22,9 @@ For each upstream (``--upstream NAME[=CKPT]``, repeatable, the first is the base
   layer's view / other-utterance divergence for SCORE's own views (lower is better).
 
 Each task is a :class:`score_s3prl.recipes.Recipe` (``RECIPES``). The runner is split by job:
-this module parses the command line and runs the loop (it appends each score stage's rows to the
-results CSV), :mod:`.checks` checks the inputs, :mod:`.plan` builds the stages,
+this module parses the command line and runs the loop (shared preparation, then every
+:class:`~.plan.Unit`; at the end :func:`.results.assemble` collects the rows each unit's score stage
+recorded in its run directory into the results CSV), :mod:`.checks` checks the inputs, :mod:`.plan` builds the stages,
 :mod:`.demo` the demo's, :mod:`.stages` runs them resumably, :mod:`.settings` holds what a run is.
 
 Data roots come from ``--libri-root`` / ``$LIBRISPEECH_ROOT``, ``--quesst-root`` /
@@ -29,8 +34,9 @@ any stage starts. One run at a time per ``--out``: a second stops at once, namin
 (:mod:`.lock`). Finished stages are skipped on a re-run unless their settings or the content of their
 upstream checkpoint changed (``--force`` redoes them all), and a training that died resumes from its
 last ``states-*.ckpt``; ``--dry-run``
-prints the commands. Each measurement is appended to the results CSV (``--results``), and a
-summary table (our relative gains beside the paper's) and a bar chart (``--plot``) end the run.
+prints the commands. Each measurement is a row of the results CSV (``--results``; a rerun replaces
+its rows), and a summary table (our relative gains beside the paper's) and a bar chart (``--plot``)
+end the run.
 
 ``demo`` needs no data and no weights (:mod:`.demo`): tiny models, bundled audio, the four
 tasks on the CPU in about 5 minutes on 2 cores; its numbers are not SUPERB numbers.
@@ -54,10 +60,10 @@ from . import results
 from .checks import check_inputs
 from .demo import DEMO_FINETUNE_STEPS, DEMO_NOTICE, DEMO_STEPS, PROBE_AUDIO, demo_stages
 from .lock import run_lock
-from .plan import Planner, main_rows, rows_of
-from .settings import (DEFAULT_UPSTREAMS, ENV, LAST_LAYER, PROBE_SPLIT, PROBE_UTTERANCES, Settings, Upstream,
-                       parse_upstream)
-from .stages import Pipeline, Stage
+from .plan import Planner, main_rows
+from .settings import (DEFAULT_SEED, DEFAULT_UPSTREAMS, ENV, LAST_LAYER, PROBE_SPLIT, PROBE_UTTERANCES, Settings,
+                       Upstream, distinct_labels, parse_upstream)
+from .stages import Pipeline
 
 TASK_CHOICES = (*RECIPES, "all", "demo")
 PROBE_TITLE = ("invariance probe, SCORE's views ('score'): value = view / other-utterance soft-DTW divergence "
@@ -70,9 +76,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      epilog="Environment: " + ", ".join(f"${v} (--{k.replace('_', '-')})"
                                                                        for k, v in ENV.items()))
     parser.add_argument("task", choices=TASK_CHOICES, help="asr, pr, qbe, probe, all (the four) or demo")
-    parser.add_argument("--upstream", action="append", metavar="NAME[=CKPT]",
-                        help="s3prl upstream, repeatable, the first is the baseline "
+    parser.add_argument("--upstream", action="append", metavar="[SYSTEM:]NAME[=CKPT]",
+                        help="s3prl upstream, repeatable, the first is the baseline; upstreams given the same "
+                             "SYSTEM (e.g. fine-tuning seeds) are one system in the summary "
                              "(default: hubert_base, score_hubert=$SCORE_HUBERT_CKPT)")
+    parser.add_argument("--seeds", default=str(DEFAULT_SEED), metavar="S[,S...]",
+                        help=f"s3prl --seed of each ASR/PR downstream training, the same for every upstream "
+                             f"so that runs pair up (default: {DEFAULT_SEED}, s3prl's own)")
     parser.add_argument("--libri-root", type=Path, metavar="DIR", help="LibriSpeech folder with train-clean-100, dev-clean, test-clean")
     parser.add_argument("--quesst-root", type=Path, metavar="DIR", help="the quesst14Database folder")
     parser.add_argument("--lexicon", type=Path, metavar="FILE", help="word -> phones lexicon for PR (default: written from CMUdict)")
@@ -119,6 +129,18 @@ def parse_layers(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(layers))
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"1,2,3"`` -> (1, 2, 3): distinct seeds in the range s3prl (numpy) accepts."""
+    seeds = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if not re.fullmatch(r"\d+", part) or int(part) >= 2**32:
+            raise ScoreError(f"--seeds {text!r}: {part!r} is not a seed (a whole number from 0 to 2**32-1)")
+        seeds.append(int(part))
+    if not seeds:
+        raise ScoreError(f"--seeds {text!r}: expected seeds like 1,2,3")
+    return tuple(dict.fromkeys(seeds))
+
+
 def _env_path(value: Path | None, setting: str) -> Path | None:
     if value is None and os.environ.get(ENV[setting]):
         value = Path(os.environ[ENV[setting]])
@@ -147,7 +169,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     probe_audio = args.probe_audio or (libri_root / PROBE_SPLIT if libri_root else None)
     return Settings(
         tasks=tuple(RECIPES) if args.task in ("all", "demo") else (args.task,),
-        upstreams=() if demo else tuple(parse_upstream(u) for u in (args.upstream or DEFAULT_UPSTREAMS)),
+        upstreams=() if demo else distinct_labels(tuple(parse_upstream(u) for u in (args.upstream or DEFAULT_UPSTREAMS))),
         out=out, results=csv, plot=(args.plot or csv.with_name("superb_gains.png")).expanduser().resolve(),
         libri_root=libri_root, quesst_root=_env_path(args.quesst_root, "quesst_root"),
         lexicon=_env_path(args.lexicon, "lexicon"), device="cpu" if demo else resolve_device(args.device),
@@ -156,14 +178,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         # tiny models gain nothing from more threads, and spinning OpenMP threads slow a shared CPU
         env=(("OMP_NUM_THREADS", "1"),) if demo else (),
         probe_audio=probe_audio.expanduser().resolve() if probe_audio else None, probe_utterances=args.probe_utterances,
+        seeds=parse_seeds(args.seeds),
     )  # fmt: skip
-
-
-def record_results(csv_path: Path, stage: Stage) -> int:
-    """Append the rows a score stage just produced to the results CSV; returns how many."""
-    rows = rows_of([stage])
-    results.append_results(csv_path, rows)
-    return len(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,14 +216,14 @@ def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
     if not (settings.demo or args.dry_run):  # after the checks, so that bad input leaves no --out behind
         lock.enter_context(run_lock(settings.out))
     planner = Planner(settings)
-    appended = 0  # rows appended to the results CSV by this invocation
+    score_stages = [stage for unit in planner.units() for stage in unit.score_stages]
     for stage in planner.stages():
-        # a score stage that ran now has new rows; one done before recorded its rows then
-        if pipeline.run(stage) and stage in planner.score_stages:
-            appended += record_results(settings.results, stage)
+        # each new measurement reaches the CSV at once: a run that dies later loses nothing
+        if pipeline.run(stage) and stage.output_rows:
+            results.assemble(settings.out, settings.results, score_stages)
     if args.dry_run:
         return 0
-    rows = rows_of(planner.score_stages)
+    rows = results.assemble(settings.out, settings.results, score_stages)
     pipeline.say("\n" + results.summary_table(rows))
     if planner.probe_csvs:
         from .. import probe
@@ -217,7 +233,7 @@ def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
     if any(r.relative_gain_pct is not None for r in main_rows(rows)):
         results.plot_gains(main_rows(rows), settings.plot)
         pipeline.say(f"gains chart: {settings.plot}")
-    pipeline.say(f"{appended} rows appended to {settings.results}")
+    pipeline.say(f"{len(rows)} rows of this run in {settings.results}")
     if settings.demo:
         pipeline.say(DEMO_NOTICE)
     return 0

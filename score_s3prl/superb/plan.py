@@ -1,10 +1,18 @@
 """The stages of a ``score-s3prl superb`` run (:class:`Planner`), built from the recipes.
 
-Each task's :class:`score_s3prl.recipes.Recipe` names the :class:`Planner` method that builds its
-stages (``plan``): :meth:`Planner.trained` (prepare, train, evaluate the best dev checkpoint,
-score: ASR, PR), :meth:`Planner.qbe` (evaluate per layer, score MTWV) or :meth:`Planner.probe`
-(``score-s3prl probe`` on held-out audio, score the last layer's view divergence). A score stage returns
-its result rows in its outputs (:func:`scored_rows`); the caller appends them to the results CSV.
+A run is shared preparation (:meth:`Planner.shared_stages`: each task's data, once) and then
+independent :class:`Unit` s, one per (task, upstream, seed): the chain of stages one SLURM job
+(or one stretch of the local run) executes. Each task's :class:`score_s3prl.recipes.Recipe` names
+the :class:`Planner` method that builds a unit (``plan``): :meth:`Planner.trained` (train with
+s3prl's ``--seed``, evaluate the best dev checkpoint, score: ASR, PR; one unit per seed),
+:meth:`Planner.qbe` (evaluate per layer, score MTWV) or :meth:`Planner.probe` (``score-s3prl
+probe`` on held-out audio, score the last layer's view divergence); QbE and the probe train
+nothing, so they have one unit per upstream and no seed.
+
+A unit depends on no other unit: its score stage records its result rows, without a gain, in its
+done-marker inside the unit's run directory (:func:`scored_rows`), and
+:func:`score_s3prl.superb.results.assemble` later collects them from every run directory and pairs
+each with the baseline's rows (so jobs on other nodes share no file but their own folder).
 
 The experiment folders are given with ``-p`` (absolute) rather than ``-n``: s3prl stores the
 expdir in its checkpoints, and a path relative to one working directory breaks ``-e`` from
@@ -14,6 +22,7 @@ another.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import os
 import re
 import sys
@@ -31,6 +40,37 @@ from .metrics import recipe_error_rate
 from .settings import LAST_LAYER, QBE_GROUNDTRUTH, SPLITS, Settings, Upstream
 from .stages import Stage
 
+
+@dataclass(eq=False)
+class Unit:
+    """One (task, upstream, seed) chain of stages: a SLURM job, or a stretch of the local run.
+
+    Attributes:
+        seed: s3prl's ``--seed`` of the downstream training; None for tasks that train nothing
+            (QbE and the probe are deterministic given the upstream's features).
+        run_dir: ``<out>/<task>/<label>/seed<seed>`` (``<out>/<task>/<label>`` without a seed): the
+            unit's stages, logs, markers and result rows all live under it.
+        stages: in order (train, evaluate, score; or evaluate, score), without the shared
+            preparation, which runs once before every unit.
+    """
+
+    task: str
+    upstream: Upstream
+    seed: int | None
+    run_dir: Path
+    stages: list[Stage]
+
+    @property
+    def key(self) -> str:
+        """``task/label/seed<seed>`` (``task/label`` without a seed): unique in a run."""
+        base = f"{self.task}/{self.upstream.label}"
+        return base if self.seed is None else f"{base}/seed{self.seed}"
+
+    @property
+    def score_stages(self) -> list[Stage]:
+        """The stages that record result rows."""
+        return [stage for stage in self.stages if stage.output_rows]
+
 LAUNCHER = [sys.executable, "-m", "score_s3prl.run_downstream"]  # stock s3prl run_downstream.py, with our recipes
 SCORE_CLI = [sys.executable, "-m", "score_s3prl.cli"]  # `score-s3prl`, whatever is on PATH
 
@@ -46,10 +86,10 @@ class Planner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.env = dict(settings.env)
-        self.score_stages: list[Stage] = []  # every stage that yields result rows, in order
         self.digests: dict[str | None, str | None] = {}  # upstream checkpoint -> checkpoint_digest
         self._prepare: dict[str, Stage] = {}  # task -> its preparation stage, shared by the upstreams
         self.probe_csvs: list[Path] = []  # probe.csv of every probe stage, in order
+        self._units: list[Unit] | None = None  # built once (stage objects are identities)
 
     @property
     def prepared(self) -> Path:
@@ -115,28 +155,41 @@ class Planner:
         return json_hash({"task": task, "upstream": dataclasses.asdict(upstream), "split": split,
                           "layer": layer, "settings": self.setting_overrides(task), **(extra or {})})
 
-    def stages(self) -> list[Stage]:
-        """Every stage of the run, in order: per task, the baseline first."""
-        out = []
-        for task in self.settings.tasks:
-            baseline_score = None
-            for upstream in self.settings.upstreams:
-                chain = getattr(self, RECIPES[task].plan)(task, upstream, baseline_score)
-                baseline_score = baseline_score or [s for s in chain if s in self.score_stages]
-                out += chain
-        return out
+    def shared_stages(self) -> list[Stage]:
+        """The data preparation of every task of the run (each once): before any unit."""
+        return [stage for task in self.settings.tasks for stage in self.prepare_stages(task)]
 
-    def trained(self, task: str, upstream: Upstream, baseline: list[Stage] | None) -> list[Stage]:
-        """ASR / PR: prepare, train, evaluate the best dev checkpoint on the test split, score."""
+    def units(self) -> list[Unit]:
+        """Every unit of the run, in order: per task, per upstream (the baseline first), per seed."""
+        if self._units is None:
+            self._units = []
+            for task in self.settings.tasks:
+                seeds: tuple[int | None, ...] = self.settings.seeds if RECIPES[task].plan == "trained" else (None,)
+                for upstream in self.settings.upstreams:
+                    self._units += [getattr(self, RECIPES[task].plan)(task, upstream, seed) for seed in seeds]
+        return self._units
+
+    def stages(self) -> list[Stage]:
+        """Every stage of the run, in the local order: the shared preparation, then each unit's."""
+        return [*self.shared_stages(), *(stage for unit in self.units() for stage in unit.stages)]
+
+    def unit_dir(self, task: str, upstream: Upstream, seed: int | None) -> Path:
+        run = self.settings.out / task / upstream.label
+        return run if seed is None else run / f"seed{seed}"
+
+    def trained(self, task: str, upstream: Upstream, seed: int | None) -> Unit:
+        """ASR / PR: train with ``--seed``, evaluate the best dev checkpoint on the test split, score."""
         spec, s = RECIPES[task], self.settings
-        run = s.out / task / upstream.label
+        assert seed is not None, "a trained task has a seed"
+        run = self.unit_dir(task, upstream, seed)
+        name = f"{task}/{upstream.label}/seed{seed}"
         prep = self.prepare_stages(task)
         train_dir, eval_dir = run / "train", run / spec.test_split
         best = train_dir / spec.best_checkpoint
 
         def train_command() -> list[str]:
             return [*LAUNCHER, "-m", "train", *upstream.flags, "-d", spec.downstream, "-p", str(train_dir),
-                    "--device", s.device,
+                    "--device", s.device, "--seed", str(seed),
                     *override({**self.data_overrides(task), **self.setting_overrides(task)})]
 
         def resume_command() -> list[str] | None:
@@ -145,7 +198,7 @@ class Planner:
                 return None
             return [*LAUNCHER, "-m", "train", "-e", str(train_dir), "--device", s.device]
 
-        train = Stage(f"{task}/{upstream.label}/train", run, "train", command=train_command, deps=tuple(prep),
+        train = Stage(f"{name}/train", run, "train", command=train_command, deps=tuple(prep),
                       cwd=run, env=self.env, clean=train_dir, action=lambda: {"checkpoint": chosen_checkpoint(best)},
                       describe="pick the checkpoint to evaluate", settings=self.upstream_digest(upstream),
                       resume=resume_command)
@@ -159,35 +212,33 @@ class Planner:
             ckpt = train.output("checkpoint", str(best))
             return [ckpt if arg == str(best) else arg for arg in argv]
 
-        evaluate = Stage(f"{task}/{upstream.label}/evaluate", run, f"evaluate-{spec.test_split}",
+        evaluate = Stage(f"{name}/evaluate", run, f"evaluate-{spec.test_split}",
                          command=lambda: eval_command, at_run=chosen, deps=(train,), cwd=run, env=self.env,
                          clean=eval_dir)
 
         def score() -> dict[str, Any]:
             rate = recipe_error_rate(eval_dir, task, spec.test_split)
             row = self.row(task, spec.metric, upstream, spec.test_split, rate.percent, eval_dir,
-                           self.row_hash(task, upstream, spec.test_split, None), baseline)
+                           self.row_hash(task, upstream, spec.test_split, None, {"seed": seed}), seed)
             return scored_rows([row], dataclasses.asdict(rate))
 
-        scored = self.score_stage(f"{task}/{upstream.label}/score", run, f"score-{spec.test_split}", score,
-                                  (evaluate, *(baseline or ())),
+        scored = self.score_stage(f"{name}/score", run, f"score-{spec.test_split}", score, (evaluate,),
                                   f"{spec.metric.upper()} from {eval_dir}/*-hyp.ark and *-ref.ark")
-        return [*prep, train, evaluate, scored]
+        return Unit(task, upstream, seed, run, [train, evaluate, scored])
 
-    def qbe(self, task: str, upstream: Upstream, baseline: list[Stage] | None) -> list[Stage]:
+    def qbe(self, task: str, upstream: Upstream, seed: int | None) -> Unit:
         """QbE: evaluate on test with ``--qbe-layer``, then the dev sweep; score each with MTWV."""
         s = self.settings
         runs = [("test", s.qbe_layer, "test" if s.qbe_layer == LAST_LAYER else f"test-layer{s.qbe_layer}")]
         runs += [("dev", layer, f"dev-layer{layer}") for layer in s.qbe_dev_layers]
         chain = []
         for split, layer, label in runs:
-            chain += self.qbe_run(task, upstream, split, layer, label, baseline)
-        return chain
+            chain += self.qbe_run(task, upstream, split, layer, label)
+        return Unit(task, upstream, seed, self.unit_dir(task, upstream, seed), chain)
 
-    def qbe_run(self, task: str, upstream: Upstream, split: str, layer: int, label: str,
-                baseline: list[Stage] | None) -> list[Stage]:
+    def qbe_run(self, task: str, upstream: Upstream, split: str, layer: int, label: str) -> list[Stage]:
         s, metric = self.settings, RECIPES[task].metric
-        run = s.out / task / upstream.label
+        run = self.unit_dir(task, upstream, None)
         eval_dir = run / label
         command = [*LAUNCHER, "-m", "evaluate", "-t", split, *upstream.flags, "-d", RECIPES[task].downstream,
                    "-l", str(layer), "-p", str(eval_dir), "--device", s.device,
@@ -202,17 +253,16 @@ class Planner:
             native = mtwv.qbe_score(stdlist, s.quesst_root / "scoring" / truth)
             official = mtwv.official_mtwv(s.quesst_root, stdlist, truth)
             config = self.row_hash(task, upstream, split, layer)
-            rows = [self.row(task, metric, upstream, label, native.max_twv, eval_dir, config, baseline)]
+            rows = [self.row(task, metric, upstream, label, native.max_twv, eval_dir, config)]
             if official is not None:
-                rows.append(self.row(task, f"{metric}_official", upstream, label, official, eval_dir, config, baseline))
+                rows.append(self.row(task, f"{metric}_official", upstream, label, official, eval_dir, config))
             return scored_rows(rows, {**mtwv.as_json(native), "official_mtwv": official})
 
-        scored = self.score_stage(f"{task}/{upstream.label}/score-{label}", run, f"score-{label}", score,
-                                  (evaluate, *(baseline or ())),
+        scored = self.score_stage(f"{task}/{upstream.label}/score-{label}", run, f"score-{label}", score, (evaluate,),
                                   f"MTWV of {stdlist} against {truth} (and the official script if present)")
         return [evaluate, scored]
 
-    def probe(self, task: str, upstream: Upstream, baseline: list[Stage] | None) -> list[Stage]:
+    def probe(self, task: str, upstream: Upstream, seed: int | None) -> Unit:
         """The invariance probe (:mod:`score_s3prl.probe`) of one upstream on the held-out audio,
         then its score: the last layer's value for SCORE's own views (``score``).
 
@@ -224,7 +274,7 @@ class Planner:
         s, spec = self.settings, RECIPES[task]
         assert s.probe_audio is not None, "checks.check_probe_audio refuses a run without it"
         split = s.probe_audio.name  # the results' split: the audio folder's name (dev-clean, test-other)
-        run = s.out / task / upstream.label
+        run = self.unit_dir(task, upstream, seed)
         probe_dir = run / split
         upstream_arg = f"{upstream.name}={upstream.ckpt}" if upstream.ckpt else upstream.name  # probe's NAME[=CKPT]
         command = [*SCORE_CLI, "probe", "--upstream", upstream_arg, "--audio", str(s.probe_audio),
@@ -242,40 +292,32 @@ class Planner:
             rows = read_csv(csv_path)
             value = last_layer_value(rows, upstream.name, SCORE)
             config = self.row_hash(task, upstream, split, None, {"utterances": s.probe_utterances})
-            row = self.row(task, spec.metric, upstream, split, value, probe_dir, config, baseline)
+            row = self.row(task, spec.metric, upstream, split, value, probe_dir, config)
             layers = {r.layer: r.value for r in rows if r.perturbation == SCORE}
             return scored_rows([row], {"perturbation": SCORE, "value_per_layer": layers})
 
-        scored = self.score_stage(f"{task}/{upstream.label}/score-{split}", run, f"score-{split}", score,
-                                  (evaluate, *(baseline or ())),
+        scored = self.score_stage(f"{task}/{upstream.label}/score-{split}", run, f"score-{split}", score, (evaluate,),
                                   f"last layer's view divergence for the {SCORE!r} views from {csv_path}")
-        return [evaluate, scored]
+        return Unit(task, upstream, seed, run, [evaluate, scored])
 
-    def score_stage(self, name: str, folder: Path, stem: str, action, deps, describe: str) -> Stage:
-        stage = Stage(name, folder, stem, action=action, deps=tuple(deps), describe=describe,
-                      settings={"results": str(self.settings.results)})
-        self.score_stages.append(stage)
-        return stage
+    @staticmethod
+    def score_stage(name: str, folder: Path, stem: str, action, deps, describe: str) -> Stage:
+        return Stage(name, folder, stem, action=action, deps=tuple(deps), describe=describe, output_rows=True)
 
     def row(self, task: str, metric: str, upstream: Upstream, split: str, value: float, run_dir: Path,
-            config: str, baseline: list[Stage] | None) -> results.ResultRow:
-        """One results row; the gain is against the baseline's row of the same metric and split."""
-        gain = None
-        if baseline is not None:
-            base = [r for r in rows_of(baseline) if (r.metric, r.split) == (metric, split)]
-            if not base:
-                raise ScoreError(f"{task}: the baseline has no {metric} on {split} to compare {upstream.name} with")
-            gain = results.relative_gain(value, base[-1].value, RECIPES[task].lower_is_better)
+            config: str, seed: int | None = None) -> results.ResultRow:
+        """One results row, without a gain: :func:`results.assemble` pairs it with the baseline's."""
         return results.ResultRow(
             task=task, metric=metric, upstream=upstream.name, checkpoint=upstream.ckpt or "", split=split,
             value=float(value), lower_is_better=RECIPES[task].lower_is_better, run_dir=str(run_dir),
-            git_commit=results.git_commit(), config_hash=config, relative_gain_pct=gain,
+            git_commit=results.git_commit(), config_hash=config, seed=seed, label=upstream.label,
+            system=upstream.system_name, baseline_system=self.settings.baseline_system,
         )  # fmt: skip
 
 
 def scored_rows(rows: list[results.ResultRow], detail: dict[str, Any]) -> dict[str, Any]:
-    """A score stage's outputs: its result ``rows`` (appended to the results CSV by the caller,
-    ``record_results`` in :mod:`.cli`) and the measurement's ``detail``."""
+    """A score stage's outputs: its result ``rows`` (collected into the results CSV by
+    :func:`results.assemble`) and the measurement's ``detail``."""
     return {"rows": [dataclasses.asdict(r) for r in rows], "detail": detail}
 
 
@@ -303,11 +345,6 @@ def chosen_checkpoint(best: Path) -> str:
         raise ScoreError(f"{best.parent}: training saved no checkpoint (neither {best.name} nor states-*.ckpt)")
     print(f"warning: {best} was not saved (no dev score beat the start value); evaluating {states[-1].name}")
     return str(states[-1])
-
-
-def rows_of(stages: Sequence[Stage]) -> list[results.ResultRow]:
-    """The result rows recorded by finished score stages."""
-    return [results.ResultRow(**row) for stage in stages for row in stage.output("rows", [])]
 
 
 def main_rows(rows: Sequence[results.ResultRow]) -> list[results.ResultRow]:

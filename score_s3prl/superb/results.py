@@ -1,9 +1,13 @@
-"""SUPERB results: the append-only CSV, relative gains, the summary table and the gains plot.
+"""SUPERB results: the CSV, relative gains, the summary table and the gains plot.
 
-``results/superb_results.csv`` gets one row per (task, upstream, split) measurement. Rows are
-appended, never rewritten: an append copies the old bytes verbatim, adds the new rows and
-renames the result over the file, under an exclusive lock so that concurrent runners do not
-lose each other's rows.
+``results/superb_results.csv`` holds one row per (task, upstream, split, seed) measurement. Each
+score stage records its rows in its done-marker inside its own run directory; :func:`assemble`
+collects them (:func:`collect_rows`), pairs each with the baseline system's row of the same task,
+metric, split and seed to fill the relative gain, and merges them into the CSV: a row replaces the
+older row of the same run directory, metric and split (a rerun never duplicates), rows of other
+run folders are kept verbatim. The file is rewritten atomically under an exclusive lock, so
+concurrent runners do not lose each other's rows. Files written before the ``seed``, ``label``,
+``system`` and ``baseline_system`` columns existed still read (:data:`LEGACY_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ import contextlib
 import csv
 import fcntl
 import io
+import json
 import math
 import os
 import subprocess
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -39,8 +45,13 @@ COLUMNS = (
     "date",  # UTC, ISO 8601
     "git_commit",  # commit of this project, or "unknown"
     "config_hash",  # hashing.json_hash() of the run's settings
+    "seed",  # s3prl --seed of the downstream training; empty for tasks that train nothing (QbE, probe)
+    "label",  # the upstream's run folder name, unique in its run
+    "system",  # the system the upstream belongs to (several fine-tuning seeds: one system)
+    "baseline_system",  # the system this row is compared with (equal to system for the baseline)
 )
 HEADER = ",".join(COLUMNS)
+LEGACY_COLUMNS = COLUMNS[:12]  # files written before seeds and systems: read, upgraded on the next write
 
 # SCORE paper (ICASSP 2024): relative gains over HuBERT Base, percent
 PAPER_GAINS = {task: r.paper_gain_pct for task, r in RECIPES.items() if r.paper_gain_pct is not None}
@@ -66,8 +77,23 @@ class ResultRow:
     run_dir: str
     git_commit: str
     config_hash: str
-    relative_gain_pct: float | None = None  # None for the baseline
+    relative_gain_pct: float | None = None  # None for the baseline (or with no baseline row to pair)
     date: str = field(default_factory=utc_now)
+    seed: int | None = None
+    label: str = ""  # "" -> the upstream's name
+    system: str = ""  # "" -> the label
+    baseline_system: str = ""  # "" -> unknown (a legacy row): the gain field alone tells
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", self.label or self.upstream)
+        object.__setattr__(self, "system", self.system or self.label)
+
+    @property
+    def is_baseline(self) -> bool:
+        """The row of the baseline system (legacy rows: the one without a gain)."""
+        if self.baseline_system:
+            return self.system == self.baseline_system
+        return self.relative_gain_pct is None
 
     def csv_fields(self) -> list[str]:
         """The CSV fields, in :data:`COLUMNS` order."""
@@ -76,7 +102,29 @@ class ResultRow:
             self.task, self.metric, self.upstream, str(self.checkpoint), self.split,
             repr(float(self.value)), "true" if self.lower_is_better else "false", gain,
             str(self.run_dir), self.date, self.git_commit, self.config_hash,
+            "" if self.seed is None else str(self.seed), self.label, self.system, self.baseline_system,
         ]  # fmt: skip
+
+    @classmethod
+    def from_csv(cls, record: dict[str, str], source: str) -> ResultRow:
+        """A row from a CSV record (:data:`COLUMNS` or :data:`LEGACY_COLUMNS`).
+
+        Raises:
+            ScoreError: naming ``source``, for a value of the wrong type.
+        """
+        try:
+            gain = record[COLUMNS[7]]
+            return cls(
+                task=record["task"], metric=record["metric"], upstream=record["upstream"],
+                checkpoint=record["checkpoint"], split=record["split"], value=float(record["value"]),
+                lower_is_better=record["lower_is_better"].lower() == "true", run_dir=record["run_dir"],
+                git_commit=record["git_commit"], config_hash=record["config_hash"],
+                relative_gain_pct=float(gain) if gain else None, date=record["date"],
+                seed=int(record["seed"]) if record.get("seed") else None, label=record.get("label", ""),
+                system=record.get("system", ""), baseline_system=record.get("baseline_system", ""),
+            )  # fmt: skip
+        except (KeyError, ValueError) as exc:
+            raise ScoreError(f"{source}: unreadable results row ({type(exc).__name__}: {exc})") from None
 
 
 def relative_gain(value: float, base: float, lower_is_better: bool) -> float:
@@ -113,7 +161,7 @@ def _checked_content(path: Path) -> bytes:
     if not content:
         return (HEADER + "\n").encode()
     first = content.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
-    if first != HEADER:
+    if first not in (HEADER, ",".join(LEGACY_COLUMNS)):
         raise ScoreError(
             f"{path}: not a SUPERB results file (header {first[:120]!r}, expected {HEADER!r}); "
             "left untouched: move it away or pass another path"
@@ -121,8 +169,86 @@ def _checked_content(path: Path) -> bytes:
     return content if content.endswith(b"\n") else content + b"\n"
 
 
+def _rows_of_content(content: bytes, source: str) -> list[ResultRow]:
+    reader = csv.DictReader(io.StringIO(content.decode("utf-8", errors="replace")))
+    return [ResultRow.from_csv(record, source) for record in reader]
+
+
+def read_rows(csv_path: str | os.PathLike) -> list[ResultRow]:
+    """The rows of a results CSV (either header); none for a missing file.
+
+    Raises:
+        ScoreError: the file has another header, or a row does not parse.
+    """
+    path = Path(csv_path)
+    return _rows_of_content(_checked_content(path), str(path))
+
+
+def collect_rows(out_dir: str | os.PathLike, stages: Sequence[Any] | None = None) -> list[ResultRow]:
+    """The result rows recorded by finished score stages.
+
+    Args:
+        stages: the run's score stages (:class:`score_s3prl.superb.stages.Stage`): rows of those
+            whose marker holds their current key. None: every score stage's marker under
+            ``out_dir`` (``score-*.done.json``), as ``score-s3prl results`` reads a run folder.
+    """
+    if stages is not None:
+        records = [stage.marker_content() for stage in stages if stage.done()]
+    else:
+        records = []
+        for marker in sorted(Path(out_dir).rglob("score-*.done.json")):
+            try:
+                records.append(json.loads(marker.read_text(encoding="utf-8")))
+            except (OSError, json.JSONDecodeError):
+                continue  # markers are written atomically: an unreadable one is not a finished stage
+    return [ResultRow(**row) for record in records if isinstance(record, dict)
+            for row in (record.get("outputs") or {}).get("rows", [])]
+
+
+def with_gains(rows: Sequence[ResultRow]) -> list[ResultRow]:
+    """``rows`` with ``relative_gain_pct`` filled against the baseline system's row of the same
+    task, metric, split and seed (the mean, if the baseline system has several upstreams);
+    None for baseline rows and for rows whose baseline row is missing."""
+    base: dict[tuple, list[float]] = {}
+    for row in rows:
+        if row.is_baseline:
+            base.setdefault((row.task, row.metric, row.split, row.seed), []).append(row.value)
+    out = []
+    for row in rows:
+        values = None if row.is_baseline else base.get((row.task, row.metric, row.split, row.seed))
+        gain = relative_gain(row.value, sum(values) / len(values), row.lower_is_better) if values else None
+        out.append(replace(row, relative_gain_pct=gain))
+    return out
+
+
+def assemble(out_dir: str | os.PathLike, csv_path: str | os.PathLike,
+             stages: Sequence[Any] | None = None) -> list[ResultRow]:
+    """Merge the rows of ``out_dir``'s finished score stages (:func:`collect_rows`), with their
+    gains, into the results CSV; returns them.
+
+    A collected row replaces an older row with the same run directory, metric and split; every
+    other row is kept. The file is rewritten atomically, with the current header.
+
+    Raises:
+        ScoreError: the existing file has another header (it is not touched).
+    """
+    rows = with_gains(collect_rows(out_dir, stages))
+    path = Path(csv_path)
+    fresh = {(r.run_dir, r.metric, r.split) for r in rows}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    with _locked(path):
+        kept = [r for r in read_rows(path) if (r.run_dir, r.metric, r.split) not in fresh]
+        for row in (*kept, *rows):
+            writer.writerow(row.csv_fields())
+        with atomic_open(path, "wb") as handle:
+            handle.write(buffer.getvalue().encode("utf-8"))
+    return rows
+
+
 def check_results_file(csv_path: str | os.PathLike) -> None:
-    """Refuse now, before a long run, a results path that :func:`append_results` would refuse.
+    """Refuse now, before a long run, a results path that :func:`assemble` would refuse.
 
     Raises:
         ScoreError: ``csv_path`` is a folder, or a file with another header.
@@ -133,41 +259,21 @@ def check_results_file(csv_path: str | os.PathLike) -> None:
     _checked_content(path)
 
 
-def append_results(csv_path: str | os.PathLike, rows: Sequence[ResultRow]) -> None:
-    """Append ``rows`` to the results CSV, creating it with its header if needed.
-
-    Earlier bytes are kept exactly; the new file replaces the old one atomically.
-
-    Raises:
-        ScoreError: the existing file has another header (it is not touched).
-    """
-    path = Path(csv_path)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    for row in rows:
-        writer.writerow(row.csv_fields())
-    with _locked(path):
-        content = _checked_content(path)
-        with atomic_open(path, "wb") as handle:
-            handle.write(content + buffer.getvalue().encode("utf-8"))
-
-
 def read_results(csv_path: str | os.PathLike) -> pd.DataFrame:
     """The results CSV as a DataFrame: ``value`` and the gain column as floats (NaN for
-    empty or undefined), ``lower_is_better`` as bool, every other column as str, plus a bool
-    ``baseline`` column (the gain field is empty)."""
+    empty or undefined), ``lower_is_better`` as bool, every other column as str (a legacy file's
+    missing columns filled as :class:`ResultRow` fills them), plus a bool ``baseline`` column."""
     path = Path(csv_path)
     if not path.is_file():
         raise ScoreError(f"{path}: results file not found")
-    _checked_content(path)
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    return _typed(frame)
+    return _frame(read_rows(path))
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     gain = COLUMNS[7]
     frame = frame.copy()
-    frame["baseline"] = frame[gain].astype(str) == ""  # "nan" is a gain that is undefined
+    legacy = frame["baseline_system"].astype(str) == ""
+    frame["baseline"] = (frame["system"] == frame["baseline_system"]) | (legacy & (frame[gain].astype(str) == ""))
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
     frame[gain] = pd.to_numeric(frame[gain], errors="coerce")
     frame["lower_is_better"] = frame["lower_is_better"].astype(str).str.lower() == "true"
@@ -191,13 +297,13 @@ def summary_table(
     """A plain-text table of the results, our relative gains beside the paper's."""
     frame = _frame(rows)
     gain = COLUMNS[7]
-    header = ("task", "metric", "split", "upstream", "value", "gain", "paper gain")
+    header = ("task", "metric", "split", "upstream", "seed", "value", "gain", "paper gain")
     lines = [header]
     for _, row in frame.iterrows():
         is_base = row["baseline"]
         paper = paper_gains.get(row["task"])
         lines.append((
-            row["task"], row["metric"], row["split"], row["upstream"], f"{row['value']:.4f}",
+            row["task"], row["metric"], row["split"], row["label"], row["seed"], f"{row['value']:.4f}",
             "baseline" if is_base else _percent(row[gain]),
             "" if is_base or paper is None else f"{paper:+.2f}%",
         ))  # fmt: skip
@@ -218,11 +324,11 @@ def plot_gains(
 
     frame = _frame(rows)
     gain = COLUMNS[7]
-    ours = frame[~frame["baseline"]].groupby(["task", "upstream"], sort=False).tail(1)
+    ours = frame[~frame["baseline"]].groupby(["task", "label"], sort=False).tail(1)
     present = set(ours["task"]) | set(paper_gains)
     tasks = [t for t in TASK_ORDER if t in present] + sorted(present - set(TASK_ORDER))
     series = [("SCORE paper", [paper_gains.get(t, math.nan) for t in tasks])]
-    for upstream, group in ours.groupby("upstream", sort=False):
+    for upstream, group in ours.groupby("label", sort=False):
         by_task = dict(zip(group["task"], group[gain]))
         series.append((str(upstream), [by_task.get(t, math.nan) for t in tasks]))
 

@@ -70,6 +70,8 @@ class Stage:
             earlier stages tell (the checkpoint a training chose). Not part of the key: a
             stage's key depends on its settings, its planned command and its dependencies'
             stamps, never on reading another stage's output files.
+        output_rows: a score stage, whose outputs hold result rows (``outputs.rows``) that
+            :func:`score_s3prl.superb.results.collect_rows` finds by its marker.
     """
 
     name: str
@@ -85,6 +87,7 @@ class Stage:
     clean: Path | None = None
     resume: Callable[[], list[str] | None] | None = None
     at_run: Callable[[list[str]], list[str]] | None = None
+    output_rows: bool = False  # a score stage: its outputs hold result rows (``outputs.rows``)
 
     @property
     def marker(self) -> Path:

@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from score_s3prl.base_models import HUBERT_BASE_URL, load_base_state
-from score_s3prl.checkpoint import build_hubert, tiny_hubert_state, write_converted
+from score_s3prl.checkpoints.bases import HUBERT_BASE_URL, load_base_state
+from score_s3prl.checkpoints.hubert import build_hubert, tiny_hubert_state, write_converted
 from score_s3prl.errors import ScoreError
 from score_s3prl.model import last_layer_features
 
@@ -40,24 +40,24 @@ def test_hubert_base_url_is_the_one_s3prl_uses():
 def test_hubert_base_is_fetched_into_s3prls_cache(monkeypatch, tiny_ckpt, tmp_path):
     from s3prl.util import download
 
-    from score_s3prl import base_models
-    from score_s3prl.download import cache_path
+    from score_s3prl.checkpoints import bases
+    from score_s3prl.checkpoints.download import cache_path
 
     monkeypatch.setattr(download, "_download_dir", tmp_path / "cache")
-    monkeypatch.setattr(base_models, "HUBERT_BASE_URL", Path(tiny_ckpt).as_uri())
+    monkeypatch.setitem(bases.BASE_URLS, "hubert_base", Path(tiny_ckpt).as_uri())
     state, identity = load_base_state("hubert_base")
     assert identity == f"hubert_base sha256:{_sha256(tiny_ckpt)}"
-    assert cache_path(base_models.HUBERT_BASE_URL).is_file()  # s3prl's own cache name for the URL
+    assert cache_path(bases.BASE_URLS["hubert_base"]).is_file()  # s3prl's own cache name for the URL
     _assert_same_weights(state, torch.load(tiny_ckpt, weights_only=True))
 
 
 def test_hubert_base_offline_is_a_clear_error(monkeypatch, tmp_path):
     from s3prl.util import download
 
-    from score_s3prl import base_models
+    from score_s3prl.checkpoints import bases
 
     monkeypatch.setattr(download, "_download_dir", tmp_path / "cache")
-    monkeypatch.setattr(base_models, "HUBERT_BASE_URL", "http://127.0.0.1:9/hubert_base_ls960.pt")
+    monkeypatch.setitem(bases.BASE_URLS, "hubert_base", "http://127.0.0.1:9/hubert_base_ls960.pt")
     with pytest.raises(ScoreError, match="hubert_base: http://127.0.0.1:9/hubert_base_ls960.pt: cannot download "
                                          r"checkpoint \(Connection refused\).*pass a local checkpoint"):
         load_base_state("hubert_base")
@@ -252,15 +252,14 @@ def test_wrong_base_checkpoints_are_clear_errors(tmp_path, make, problem):
 def test_wavlm_base_url_is_the_one_s3prl_uses():
     from s3prl.upstream.wavlm import hubconf
 
-    from score_s3prl.base_models import WAVLM_BASE_URL
+    from score_s3prl.checkpoints.bases import WAVLM_BASE_URL
 
     assert WAVLM_BASE_URL in inspect.getsource(hubconf.wavlm_base)
 
 
 def test_wavlm_base_and_local_wavlm_files_load_in_their_own_format(monkeypatch, tiny_wavlm_ckpt):
-    from score_s3prl import download
-    from score_s3prl.base_models import WAVLM_BASE_URL
-    from score_s3prl.checkpoint import base_architecture
+    from score_s3prl.checkpoints import base_architecture, download
+    from score_s3prl.checkpoints.bases import WAVLM_BASE_URL
 
     calls = []
     monkeypatch.setattr(download, "fetch",
@@ -275,7 +274,7 @@ def test_wavlm_base_and_local_wavlm_files_load_in_their_own_format(monkeypatch, 
 
 
 def test_wavlm_with_wrong_weights_is_a_clear_error(tmp_path):
-    from score_s3prl.checkpoint import tiny_wavlm_state, write_wavlm
+    from score_s3prl.checkpoints.wavlm import tiny_wavlm_state, write_wavlm
 
     state = tiny_wavlm_state(0)
     del state["model"]["encoder.layers.0.self_attn.relative_attention_bias.weight"]

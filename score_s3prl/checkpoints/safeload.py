@@ -13,7 +13,8 @@ reads goes through this module:
   import or look up a name given by the file, and turns every ``fairseq.*`` and
   ``omegaconf.*`` class into an inert stand-in that only stores what the pickle gives it;
   :func:`plain` then makes plain dicts and lists of the omegaconf stand-ins. Neither fairseq
-  nor omegaconf code runs while loading.
+  nor omegaconf code runs while loading;
+* :func:`load_safetensors` reads a ``.safetensors`` weights file (a format without pickle).
 
 Failures become one :class:`~score_s3prl.errors.ScoreError` line naming the file and the problem.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import contextlib
+import io
 import os
 import pickle
 import re
@@ -33,7 +35,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import ScoreError
+from ..errors import ScoreError
 
 # The first bytes of the two formats torch.save writes: a zip archive (torch >= 1.6), or a
 # pickle stream (protocol 2+ starts with 0x80; torch's legacy format pickles a magic number).
@@ -100,6 +102,33 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint", map_locat
 
 
 _torch_load = torch.load  # the real one, also while :func:`weights_only_torch_load` is active
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` weights file (data only by design: no pickle), with one-line errors.
+
+    Raises:
+        CheckpointError: naming ``path``: safetensors missing, or the file unreadable.
+    """
+    try:
+        from safetensors.torch import load_file
+
+        return load_file(os.fspath(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError, OSError, ...
+        raise CheckpointError(f"{path}: cannot read the weights ({exc})") from exc
+
+
+def default_load_refuses(value: Any) -> bool:
+    """True when a bare ``torch.load`` (torch's default ``weights_only``, as s3prl calls it)
+    refuses ``value`` written by ``torch.save``: an in-memory probe, no file is opened."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    buffer.seek(0)
+    try:
+        _torch_load(buffer, map_location="cpu")
+    except Exception:
+        return True
+    return False
 
 
 @contextlib.contextmanager

@@ -23,9 +23,9 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from . import __version__
-from .errors import ScoreError
-from .fileio import atomic_open
+from .. import __version__
+from ..errors import ScoreError
+from ..fileio import atomic_open
 
 SCHEMES = ("http", "https", "file")
 TIMEOUT_S = 60.0  # for the connection and for each read: a stalled server fails within this
