@@ -30,7 +30,7 @@ PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 STOP_GRACE_S = 30.0  # SIGTERM -> SIGKILL: time for a trainer to reach an update boundary and save
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-__all__ = ["Terminated", "spawn", "stop", "end_group", "signals_as_exceptions", "STOP_GRACE_S"]
+__all__ = ["Terminated", "spawn", "stop", "end_group", "ignore_in_children", "signals_as_exceptions", "STOP_GRACE_S"]
 
 
 class Terminated(BaseException):
@@ -58,13 +58,25 @@ def spawn(argv: list[str], preexec_signals: Callable[[], None] | None = None, **
     signal stays ignored across exec until the program installs a handler).
     """
     me = os.getpid()
+    ignored = tuple(_ignored)
 
     def preexec() -> None:
         _die_with_parent(me)
+        for sig in ignored:
+            signal.signal(sig, signal.SIG_IGN)
         if preexec_signals is not None:
             preexec_signals()
 
     return subprocess.Popen(argv, process_group=0, preexec_fn=preexec, **popen)
+
+
+_ignored: set[int] = set()  # signals every later child starts with ignored
+
+
+def ignore_in_children(*signals: int) -> None:
+    """Every child :func:`spawn` starts from now on ignores ``signals`` (until it installs its
+    own handler): a SLURM job's pre-timeout signal is for the job's own process, not its children."""
+    _ignored.update(signals)
 
 
 def _group_alive(pgid: int) -> bool:

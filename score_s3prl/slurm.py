@@ -146,11 +146,11 @@ def executor(options: SlurmOptions, folder: Path, name: str, cpus: int | None = 
 
 
 def job_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM's state of each job SLURM still knows (``squeue --states=all``: pending, running and
+    """SLURM's state of each job SLURM still knows (``squeue -r --states=all``, one line per array task: pending, running and
     recently ended jobs); a job it has forgotten is absent."""
     if not job_ids:
         return {}
-    done = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i %T", "-j", ",".join(job_ids)],
+    done = subprocess.run(["squeue", "-h", "-r", "--states=all", "-o", "%i %T", "-j", ",".join(job_ids)],
                           capture_output=True, text=True, timeout=60, env=os.environ)
     # squeue exits 1 when every id is unknown (ended long ago): nothing to report
     states = {}
