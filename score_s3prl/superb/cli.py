@@ -208,18 +208,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def slurm_options(args: argparse.Namespace, settings: Settings):
     """The SLURM options: defaults for this run's device, then --slurm-config, then --slurm-* flags."""
-    from ..slurm import options_from
+    from ..slurm import options_from, require_slurm
 
+    if not args.dry_run:
+        require_slurm()
     defaults = {"gpus_per_node": 0, "cpus_per_task": 1} if settings.demo else (
         {"gpus_per_node": 0} if settings.device == "cpu" else {})
     return options_from(args, defaults)
 
 
-def run_on_slurm(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) -> int:
+def run_on_slurm(args: argparse.Namespace, settings: Settings, options, pipeline: Pipeline) -> int:
     """Shared preparation here, each unit a SLURM job; with --wait, the results once all ended."""
     from . import slurm
 
-    options = slurm_options(args, settings)
     tracker = slurm.submit(settings, options, pipeline, force=args.force)
     if args.dry_run:
         return 0
@@ -283,6 +284,7 @@ def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
     if args.task == "status":
         return show_status(args)
     settings = settings_from(args)
+    options = slurm_options(args, settings) if args.launcher == "slurm" else None  # checked before any stage
     pipeline = Pipeline(force=args.force, dry_run=args.dry_run, terminal=sys.stdout)
     if settings.demo:
         if not args.dry_run:  # the demo writes into --out before the input checks
@@ -298,8 +300,8 @@ def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
         check_inputs(settings)
     if not (settings.demo or args.dry_run):  # after the checks, so that bad input leaves no --out behind
         lock.enter_context(run_lock(settings.out))
-    if args.launcher == "slurm":
-        return run_on_slurm(args, settings, pipeline)
+    if options is not None:
+        return run_on_slurm(args, settings, options, pipeline)
     refuse_beside_slurm_jobs(settings.out)
     planner = Planner(settings)
     score_stages = [stage for unit in planner.units() for stage in unit.score_stages]
