@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             return run(args, lock)
     except (children.Terminated, KeyboardInterrupt) as stop:
         signum = stop.signum if isinstance(stop, children.Terminated) else signal.SIGINT
-        print(f"stopped by {signal.Signals(signum).name}; its running stage was stopped, the run lock "
-              f"released; re-run to resume", file=sys.stderr)
+        print(f"stopped by {signal.Signals(signum).name}: a running stage was stopped with it (submitted SLURM "
+              f"jobs go on), the run lock released; re-run to resume", file=sys.stderr)
         return 128 + signum
 
 
