@@ -27,23 +27,9 @@ def alive(pid: int) -> bool:
         return False
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
-
-
-def descendants(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every live descendant of ``pid``."""
-    parents: dict[int, int] = {}
+def live_processes() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every process that is not a zombie."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -51,7 +37,18 @@ def descendants(pid: int) -> list[tuple[int, str]]:
             except (FileNotFoundError, ProcessLookupError):
                 continue
             if fields[0] != "Z":
-                parents[int(entry.name)] = int(fields[1])
+                found[int(entry.name)] = (int(fields[1]), int(fields[2]))
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid``."""
+    return [pid for pid, (_, group) in live_processes().items() if group == pgid]
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every live descendant of ``pid``."""
+    parents = {child: parent for child, (parent, _) in live_processes().items()}
     found, frontier = [], {pid}
     while frontier:
         frontier = {child for child, parent in parents.items() if parent in frontier}
