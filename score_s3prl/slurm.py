@@ -52,17 +52,20 @@ class SlurmOptions:
 OPTION_HELP = {f.name: f.name.replace("_", "-") for f in fields(SlurmOptions)}
 
 
-def add_arguments(parser: argparse.ArgumentParser, defaults: str = "") -> None:
-    """``--slurm-config FILE`` and one ``--slurm-KEY`` flag per :class:`SlurmOptions` key."""
+def add_arguments(parser: argparse.ArgumentParser, defaults: str = "", hidden: tuple[str, ...] = ()) -> None:
+    """``--slurm-config FILE`` and one ``--slurm-KEY`` flag per :class:`SlurmOptions` key
+    (``hidden`` keys take no flag: they do not apply to this command)."""
     group = parser.add_argument_group("SLURM (with --launcher slurm)")
     group.add_argument("--slurm-config", type=Path, metavar="YAML",
                        help="SLURM options in a YAML file (keys: " + ", ".join(OPTION_HELP) + ")" + defaults)
     for name, flag in OPTION_HELP.items():
+        if name in hidden:
+            continue
         if name in ("sbatch", "setup"):
             group.add_argument(f"--slurm-{flag}", action="append", metavar="LINE",
                                help=f"repeatable: {'an extra #SBATCH line, e.g. --account=speech' if name == 'sbatch' else 'a shell line run first in each job'}")
         else:
-            group.add_argument(f"--slurm-{flag}", metavar="VALUE", help=argparse.SUPPRESS if name == "nodes" else None)
+            group.add_argument(f"--slurm-{flag}", metavar="VALUE")
 
 
 def options_from(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> SlurmOptions:

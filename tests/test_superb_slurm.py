@@ -121,3 +121,16 @@ def test_slurm_options_file_is_validated_before_anything_runs(tmp_path):
     assert result.stderr.count("\n") == 1, result.stderr
     assert f"SLURM options ({options} and overrides): time_min = -5: expected greater than or equal to 1" in result.stderr
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_superb_unit_is_a_one_node_job(tmp_path):
+    result = run_superb(*DEMO, "--out", str(tmp_path / "demo"), "--launcher", "slurm", "--slurm-config",
+                        str(write(tmp_path / "slurm.yaml", "nodes: 2\n")), code=2)
+    assert result.stderr == ("error: SLURM options: nodes = 2: a SUPERB unit is a one-node job (nodes is for "
+                             "score-s3prl finetune --launcher slurm)\n")
+    assert not (tmp_path / "demo").exists()
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "each (task, upstream, seed) unit as one SLURM job (submitit job arrays)")
     parser.add_argument("--wait", action="store_true",
                         help="slurm and status: wait until every job has ended, then write the results CSV")
-    add_slurm_arguments(parser, " (demo defaults: gpus-per-node 0, cpus-per-task 1)")
+    add_slurm_arguments(parser, " (demo defaults: gpus-per-node 0, cpus-per-task 1)", hidden=("nodes",))
     args = parser.parse_args(argv)
     for name in ("steps", "finetune_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -210,11 +210,15 @@ def slurm_options(args: argparse.Namespace, settings: Settings):
     """The SLURM options: defaults for this run's device, then --slurm-config, then --slurm-* flags."""
     from ..slurm import options_from, require_slurm
 
-    if not args.dry_run:
-        require_slurm()
     defaults = {"gpus_per_node": 0, "cpus_per_task": 1} if settings.demo else (
         {"gpus_per_node": 0} if settings.device == "cpu" else {})
-    return options_from(args, defaults)
+    options = options_from(args, defaults)
+    if options.nodes != 1:
+        raise ScoreError(f"SLURM options: nodes = {options.nodes}: a SUPERB unit is a one-node job (nodes is for "
+                         f"score-s3prl finetune --launcher slurm)")
+    if not args.dry_run:
+        require_slurm()
+    return options
 
 
 def run_on_slurm(args: argparse.Namespace, settings: Settings, options, pipeline: Pipeline) -> int:

@@ -248,7 +248,8 @@ def submit(settings: Settings, options: SlurmOptions, pipeline: Pipeline, force:
     planner = Planner(settings)
     for stage in planner.shared_stages():
         pipeline.run(stage)
-    save_settings(settings)
+    if not pipeline.dry_run:
+        save_settings(settings)
     tracker = Tracker(settings)
     jobs = read_jobs(settings.out)
     units = planner.units()
