@@ -17,6 +17,7 @@ from .stack import require_loadable
 SUBCOMMANDS = {
     "downstream": ("score_s3prl.run_downstream", "run s3prl's run_downstream.py with SCORE upstreams"),
     "export": ("score_s3prl.export", "write a tuned checkpoint as a transformers directory (--format hf)"),
+    "fetch": ("score_s3prl.fetch", "download named bases (hubert_large_ll60k, ...) into s3prl's cache ahead"),
     "finetune": ("score_s3prl.train", "SCORE / LASER fine-tuning: pretrained HuBERT or WavLM in, s3prl upstream out"),
     "make-tiny": ("score_s3prl.tiny", "write a tiny random HuBERT checkpoint (tests, demos)"),
     "probe": ("score_s3prl.probe", "layer-wise invariance of any upstream to speed and pitch (no labels)"),

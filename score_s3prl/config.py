@@ -91,6 +91,15 @@ class LossConfig:
 
 
 @dataclass
+class LaserConfig:
+    # official: both views of an utterance through the model as one zero-padded batch of 2, as
+    # the official collate_fn does (the shorter view's CNN sees the padding, HuBERT's chunk rule
+    # masks its frames, round(samples / 320) frames are kept); separate: each view alone,
+    # independent of the other's length (deviation). LASER only.
+    view_batching: Literal["official", "separate"] = "official"
+
+
+@dataclass
 class OptimConfig:
     # s3prl-adamw: s3prl's AdamW (eps added to the uncorrected sqrt(v)), as the official code;
     # torch-adamw: torch.optim.AdamW (deviation)
@@ -110,7 +119,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     seed: NonNegativeInt = 0  # seeds model head, batch order, crops and views: same seed, same run
-    init: NonEmptyStr | None = "hubert_base"  # base: hubert_base | converted .pt | fairseq .pt | HF directory
+    init: NonEmptyStr | None = "hubert_base"  # base: a name in checkpoints.bases.BASE_URLS | converted .pt | fairseq .pt | HF directory
     out: NonEmptyStr = "exp/score_hubert_base"  # run directory: checkpoints, logs, TensorBoard, export
     device: Device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     method: Literal["score", "laser"] = "score"  # score: frozen teacher; laser: both views through the student + regulariser
@@ -122,6 +131,7 @@ class TrainConfig:
     views: ViewsConfig = field(default_factory=ViewsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    laser: LaserConfig = field(default_factory=LaserConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -300,6 +310,8 @@ def config_hash(cfg: TrainConfig) -> str:
     data = config_dict(cfg)
     for volatile in VOLATILE_KEYS:
         data.pop(volatile)
+    if cfg.method != "laser":  # no effect on SCORE: its runs keep the hash they had before the key
+        data.pop("laser")
     return json_hash(data)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -28,9 +28,7 @@ def atomic_open(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The writer's pid in the name lets remove_stale_temps tell a dead writer's leftover
-    # (kill -9 between create and rename) from a live writer's file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -43,6 +41,48 @@ def atomic_open(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, empty temporary file beside ``path``: ``(descriptor, name)``.
+
+    Created with mode 0666 so that the process umask (and a folder's default ACL) decides its
+    permissions, as for any file ``open`` creates: 0644 under umask 022. (``tempfile.mkstemp``
+    creates 0600 files, and the rename kept that mode: results on shared storage were unreadable
+    to colleagues.) The writer's pid in the name lets :func:`remove_stale_temps` tell a dead
+    writer's leftover (kill -9 between create and rename) from a live writer's file.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # another writer drew the same name: draw again
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary file name for {path.name}")
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system tells it (Linux
+    ``/proc/self/status``); elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_umask_mode(*paths: str | os.PathLike) -> None:
+    """Set each file's mode to what the umask gives a new file (0644 under umask 022), for files
+    another library wrote through its own 0600 temporary file (safetensors, via transformers)."""
+    mode = 0o666 & ~current_umask()
+    for path in paths:
+        os.chmod(path, mode)
 
 
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.tmp$")

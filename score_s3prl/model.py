@@ -42,11 +42,15 @@ layer 1 holds the relative position bias, every layer a gated ``grep_*`` pair) i
 frozen. Mapped to names, both give the same trainable set: transformer layers 11-12 and
 ``encoder.layer_norm`` (plus ``mask_emb`` / ``label_embs_concat``, which get no gradient).
 ``LASER_NORMS`` holds that norm; layer 1's relative position bias stays frozen.
+The official LASER code runs both views of an utterance as one zero-padded batch of 2, which
+changes the shorter view's frames; ``view_batching="official"`` does the same
+(:func:`paired_view_features`), ``"separate"`` runs each view alone.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Iterable
 
 import torch
@@ -61,10 +65,14 @@ __all__ = [
     "FINAL_NORMS",
     "LASER_NORMS",
     "ScoreModel",
+    "VIEW_BATCHING",
     "conv_frame_lengths",
     "correspondence_loss",
+    "downsample_rate",
+    "encode_cnn_frames",
     "last_layer_features",
     "load_base_state",
+    "paired_view_features",
     "student_state_for_export",
     "trainable_summary",
 ]
@@ -75,6 +83,8 @@ FINAL_NORMS = ("encoder.layer_norm", "layer_norm")
 LASER_NORMS = ("encoder.layer_norm",)
 DROPOUT_MODES = ("official", "frozen-eval")
 METHODS = ("score", "laser")
+# LASER: both views as one padded batch of 2 (official) or each view alone (separate).
+VIEW_BATCHING = ("official", "separate")
 
 
 def conv_frame_lengths(model: nn.Module, lengths: torch.Tensor) -> torch.Tensor:
@@ -118,12 +128,7 @@ def last_layer_features(
         length are padding; and (B,) int64.
     """
     lengths = lengths.to(wavs.device)
-    frame_lengths = conv_frame_lengths(model, lengths)
-    if bool((frame_lengths < 1).any()):
-        shortest = int(lengths.min())
-        raise ScoreError(f"an utterance of {shortest} samples is too short: HuBERT's CNN gives it no frame")
-    encoder = model.encoder
-    tracking = torch.is_grad_enabled()
+    frame_lengths = _check_frames(model, lengths)
     with torch.no_grad():  # the CNN is never trained
         per_utterance = []
         for wav, n in zip(wavs, lengths.tolist()):
@@ -133,7 +138,102 @@ def last_layer_features(
             per_utterance.append(model.feature_extractor(wav[None])[0].transpose(0, 1))
         x = pad_sequence(per_utterance, batch_first=True)  # (B, T, C)
     padding = torch.arange(x.shape[1], device=x.device)[None, :] >= frame_lengths[:, None]
+    return encode_cnn_frames(model, x, padding), frame_lengths
 
+
+def paired_view_features(
+    model: nn.Module,
+    wav_a: torch.Tensor,
+    len_a: torch.Tensor,
+    wav_b: torch.Tensor,
+    len_b: torch.Tensor,
+    normalize: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Last-layer frames of two views per pair, each pair run as the official LASER code runs it.
+
+    The official ``collate_fn`` hands s3prl's runner both views of an utterance as one list of
+    two waveforms, so they pass through the model as one zero-padded batch of 2 (s3prl's
+    HuBERT / WavLM ``UpstreamExpert.forward``) and the runner's ``Featurizer`` cuts each row's
+    last hidden state to ``round(samples / 320)`` frames. For the shorter view that differs
+    from running it alone (``last_layer_features``) in three ways:
+
+    * the CNN sees its zero padding: HuBERT Base's and WavLM Base's first block normalises each
+      channel over time (GroupNorm), so every frame changes; the frames whose receptive field
+      reaches into the padding change with any CNN;
+    * the frame padding mask follows HuBERT's chunk rule (``forward_padding_mask``: the padded
+      length is cut to a multiple of the frame count, a frame is padding only where its whole
+      chunk is), so frames past the view's own convolution count can stay unmasked;
+    * ``round(samples / 320)`` can exceed the convolution count by one: that frame is kept
+      (25600 samples: 80 frames, 79 alone).
+
+    Each pair is its own padded batch of 2 as in the official code (B = 1 there); the pairs
+    of a batch then share one transformer pass, exact because every frame past a pair's
+    frame count is masked and zero, which is what the positional convolution's own zero
+    padding gives.
+
+    Args:
+        model: s3prl ``HubertModel`` or ``WavLM``.
+        wav_a, wav_b: (B, L_a), (B, L_b) zero-padded waveforms of the two views.
+        len_a, len_b: (B,) valid samples.
+        normalize: zero-mean unit-variance each waveform first (before padding, as s3prl).
+    Returns:
+        (frames_a, kept_a, frames_b, kept_b): (B, T, D) frames and (B,) int64 frame counts
+        kept per view; frames past a count are padding.
+    """
+    batch = wav_a.shape[0]
+    len_a, len_b = len_a.to(wav_a.device), len_b.to(wav_b.device)
+    _check_frames(model, torch.cat([len_a, len_b]))
+    rate = downsample_rate(model)
+    rows, masks, kept = [None] * (2 * batch), [None] * (2 * batch), [0] * (2 * batch)
+    with torch.no_grad():  # the CNN is never trained
+        for i, (n_a, n_b) in enumerate(zip(len_a.tolist(), len_b.tolist())):
+            pair = [wav_a[i, :n_a], wav_b[i, :n_b]]
+            if normalize:
+                pair = [F.layer_norm(wav, wav.shape) for wav in pair]
+            samples = torch.tensor([n_a, n_b], device=wav_a.device)
+            padded = pad_sequence(pair, batch_first=True)  # (2, L): the official batch of 2
+            sample_padding = torch.arange(padded.shape[1], device=padded.device)[None, :] >= samples[:, None]
+            x = model.feature_extractor(padded).transpose(1, 2)  # (2, T, C)
+            padding = model.forward_padding_mask(x, sample_padding)  # HuBERT's chunk rule
+            for slot, row, n in ((i, 0, n_a), (batch + i, 1, n_b)):  # views a first, then views b
+                rows[slot], masks[slot] = x[row], padding[row]
+                kept[slot] = min(round(n / rate), x.shape[1])  # the Featurizer's cut (Python's round)
+        x = pad_sequence(rows, batch_first=True)
+        padding = pad_sequence(masks, batch_first=True, padding_value=True)
+    frames = encode_cnn_frames(model, x, padding)
+    kept = torch.tensor(kept, device=frames.device)
+    return frames[:batch], kept[:batch], frames[batch:], kept[batch:]
+
+
+def downsample_rate(model: nn.Module) -> int:
+    """Samples per frame: the product of the CNN strides (320 for HuBERT and WavLM, the rate
+    their s3prl ``UpstreamExpert.get_downsample_rates`` reports)."""
+    return math.prod(block[0].stride[0] for block in model.feature_extractor.conv_layers)
+
+
+def _check_frames(model: nn.Module, lengths: torch.Tensor) -> torch.Tensor:
+    """Each length's convolution frame count; a ScoreError if one is below 1."""
+    frame_lengths = conv_frame_lengths(model, lengths)
+    if bool((frame_lengths < 1).any()):
+        shortest = int(lengths.min())
+        raise ScoreError(f"an utterance of {shortest} samples is too short: HuBERT's CNN gives it no frame")
+    return frame_lengths
+
+
+def encode_cnn_frames(model: nn.Module, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """The rest of ``extract_features`` after the CNN: norm, projection, positional convolution,
+    transformer layers (and the final norm of a pre-LN encoder), with frames under ``padding``
+    zeroed before the positional convolution and masked in attention.
+
+    Args:
+        model: s3prl ``HubertModel`` or ``WavLM``.
+        x: (B, T, C) CNN frames.
+        padding: (B, T) bool, True at padding frames.
+    Returns:
+        (B, T, D) last-layer frames.
+    """
+    encoder = model.encoder
+    tracking = torch.is_grad_enabled()
     front = [model.layer_norm, model.post_extract_proj, encoder.pos_conv]
     if not encoder.layer_norm_first:
         front.append(encoder.layer_norm)
@@ -163,7 +263,7 @@ def last_layer_features(
     if encoder.layer_norm_first:
         with torch.set_grad_enabled(grad or (tracking and _trains([encoder.layer_norm]))):
             x = encoder.layer_norm(x)
-    return x, frame_lengths
+    return x
 
 
 def is_wavlm(model: nn.Module) -> bool:
@@ -218,6 +318,9 @@ class ScoreModel(nn.Module):
         method: "score" (frozen teacher, SCORE loss) or "laser" (no teacher, LASER loss;
             ``train_final_norm`` then trains ``LASER_NORMS`` only).
         alpha, sigma, margin: LASER's regulariser settings (unused by SCORE).
+        view_batching: LASER only: "official" runs both views of a pair as one zero-padded
+            batch of 2 (:func:`paired_view_features`, the official code's collate_fn),
+            "separate" runs each view alone (:func:`last_layer_features`).
     """
 
     def __init__(
@@ -234,10 +337,14 @@ class ScoreModel(nn.Module):
         alpha: float = 0.4,
         sigma: int = 0,
         margin: float = 1.1,
+        view_batching: str = "official",
     ) -> None:
         super().__init__()
         if dropout not in DROPOUT_MODES:
             raise ScoreError(f"model.dropout: {dropout!r} is not one of {', '.join(DROPOUT_MODES)}")
+        if view_batching not in VIEW_BATCHING:
+            raise ScoreError(f"laser.view_batching: {view_batching!r} is not one of {', '.join(VIEW_BATCHING)}")
+        self.view_batching = view_batching
         if method not in METHODS:
             raise ScoreError(f"method: {method!r} is not one of {', '.join(METHODS)}")
         self.dropout, self.method = dropout, method
@@ -309,15 +416,20 @@ class ScoreModel(nn.Module):
             (loss, stats): the batch mean of the per-pair losses; stats holds the detached
             per-pair ``losses`` (B,) and the frame counts ``student_frames``, ``teacher_frames``.
         """
-        xs, ls = last_layer_features(self.student, wav_student, len_student, self.normalize)
         if self.method == "laser":
             from .laser import laser_loss
 
-            xt, lt = last_layer_features(self.student, wav_teacher, len_teacher, self.normalize)
+            if self.view_batching == "official":
+                xs, ls, xt, lt = paired_view_features(self.student, wav_student, len_student, wav_teacher,
+                                                      len_teacher, self.normalize)
+            else:
+                xs, ls = last_layer_features(self.student, wav_student, len_student, self.normalize)
+                xt, lt = last_layer_features(self.student, wav_teacher, len_teacher, self.normalize)
             losses = laser_loss(self.project(xs), ls, self.project(xt), lt, self.gamma, self.alpha,
                                 self.sigma, self.margin, self.bandwidth)
             stats = {"losses": losses.detach(), "student_frames": ls, "teacher_frames": lt}
             return losses.mean(), stats
+        xs, ls = last_layer_features(self.student, wav_student, len_student, self.normalize)
         with torch.no_grad():
             xt, lt = last_layer_features(self.teacher, wav_teacher, len_teacher, self.normalize)
         losses = correspondence_loss(self.project(xs), ls, self.project(xt), lt, self.gamma, self.bandwidth)

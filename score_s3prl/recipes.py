@@ -33,6 +33,7 @@ from downstream_recipes import RECIPE_DIR
 
 from .corpora import SPLITS, check_quesst, write_bucket_files, write_lexicon
 from .errors import ScoreError
+from .lexicons import CMUDICT, G2P, Lexicon
 
 EXPERT = "config.downstream_expert"  # -o prefix of the downstream expert's config block
 
@@ -45,7 +46,9 @@ class DataPaths:
         libri_root: LibriSpeech folder holding the split folders (None: not given).
         quesst_root: the quesst14Database folder (None: not given).
         prepared: folder of the files the task's preparation writes.
-        lexicon: a word -> phones lexicon the user gave (None: the preparation writes one).
+        lexicon: a word -> phones lexicon the user gave (None: ``lexicon_source``'s).
+        lexicon_source: without a file, :mod:`score_s3prl.lexicons`' ``g2p`` (s3prl's files, as
+            the authors' PR; the preparation fetches them) or ``cmudict`` (the preparation writes it).
         splits: LibriSpeech split folders the recipes read.
     """
 
@@ -53,12 +56,13 @@ class DataPaths:
     libri_root: Path | None = None
     quesst_root: Path | None = None
     lexicon: Path | None = None
+    lexicon_source: str = G2P
     splits: tuple[str, ...] = SPLITS
 
     @property
-    def lexicon_file(self) -> Path:
-        """The lexicon the PR recipe reads: the given one, else the one preparation writes."""
-        return self.lexicon or self.prepared / "lexicon.txt"
+    def pr_lexicon(self) -> Lexicon:
+        """The PR recipe's lexicon: the given file, else the source's."""
+        return Lexicon(source=self.lexicon_source, file=self.lexicon)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +91,9 @@ class Recipe:
             (None: nothing to write); prints what it wrote to stderr.
         given_instead: a :class:`DataPaths` field that, when given, replaces what ``prepare``
             writes (PR: a lexicon), so no preparation runs.
+        data_detail: what else defines the data the task reads beyond the ``-o`` paths (PR: which
+            lexicon, by name and version): part of the keys of its preparation and training
+            stages, of its rows' ``config_hash`` and of its score's recorded detail (None: nothing).
         check_config: the launcher's check of a parsed s3prl run (args, config), raising
             :class:`ScoreError` that names the key at fault (None: no downstream).
         paper_settings: ``-o`` values of the SCORE paper's evaluation beyond the config.
@@ -108,6 +115,7 @@ class Recipe:
     data_overrides: Callable[[DataPaths], dict[str, Any]] | None = None
     prepare: Callable[[DataPaths], None] | None = None
     given_instead: str | None = None
+    data_detail: Callable[[DataPaths], dict[str, Any]] | None = None
     check_config: Callable[[argparse.Namespace, dict[str, Any]], None] | None = None
     paper_settings: Mapping[str, Any] = field(default_factory=dict)
     worker_keys: tuple[str, ...] = ()
@@ -299,17 +307,35 @@ def _prepare_asr(paths: DataPaths) -> None:
 
 
 def _pr_overrides(paths: DataPaths) -> dict[str, Any]:
-    return {f"{EXPERT}.corpus.path": str(paths.libri_root), f"{EXPERT}.corpus.lexicon": [str(paths.lexicon_file)]}
+    return {f"{EXPERT}.corpus.path": str(paths.libri_root),
+            f"{EXPERT}.corpus.lexicon": [str(p) for p in paths.pr_lexicon.files(paths.prepared)]}
+
+
+def _pr_detail(paths: DataPaths) -> dict[str, Any]:
+    return {"lexicon": paths.pr_lexicon.label}
 
 
 def _prepare_pr(paths: DataPaths) -> None:
-    """lexicon of the splits' words from CMUdict"""
-    from .corpora import OOV_PHONE
+    """lexicon: s3prl's g2p files (fetched once), or written from CMUdict"""
+    from .corpora import OOV_PHONE, split_files, transcripts
+    from .lexicons import fetch_g2p, uncovered
 
     assert paths.libri_root is not None
-    stats = write_lexicon(paths.libri_root, paths.lexicon_file, paths.splits)
-    print(f"{paths.lexicon_file}: {stats.words} words, {stats.oov_words} not in CMUdict -> {OOV_PHONE} "
-          f"({stats.oov_tokens} of {stats.tokens} running words)", file=sys.stderr)
+    if paths.lexicon_source == CMUDICT:
+        (written,) = paths.pr_lexicon.files(paths.prepared)
+        stats = write_lexicon(paths.libri_root, written, paths.splits)
+        print(f"{written}: {stats.words} words, {stats.oov_words} not in CMUdict -> {OOV_PHONE} "
+              f"({stats.oov_tokens} of {stats.tokens} running words)", file=sys.stderr)
+        return
+    files = fetch_g2p()
+    words = {w for split in paths.splits for t in transcripts(split_files(paths.libri_root, split)).values() for w in t}
+    missing = uncovered(files, words)
+    if missing:
+        raise ScoreError(f"{files[0].name}: s3prl's g2p lexicon has no entry for {len(missing)} transcript words "
+                         f"(first: {missing[0]!r}); is {paths.libri_root} LibriSpeech? Pass --lexicon FILE or "
+                         f"--lexicon {CMUDICT}")
+    print(f"{', '.join(str(f) for f in files)}: s3prl's g2p lexicon, all {len(words)} transcript words covered",
+          file=sys.stderr)
 
 
 def _qbe_overrides(paths: DataPaths) -> dict[str, Any]:
@@ -330,6 +356,7 @@ RECIPES: dict[str, Recipe] = {
         task="pr", downstream="ctc", config="libriphone.yaml", metric="per", lower_is_better=True,
         test_split="test", best_checkpoint="dev-best.ckpt", assets=(("text", "vocab_file"), ("corpus", "lexicon")),
         data_roots=("libri_root",), data_overrides=_pr_overrides, prepare=_prepare_pr, given_instead="lexicon",
+        data_detail=_pr_detail,
         check_config=_check_ctc, paper_settings={"config.optimizer.lr": 5.0e-4},
         worker_keys=(f"{EXPERT}.corpus.num_workers",),
         demo_settings={"config.runner.gradient_accumulate_steps": 1, f"{EXPERT}.corpus.batch_size": 2},

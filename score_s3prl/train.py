@@ -446,7 +446,8 @@ def setup(cfg: TrainConfig) -> Run:
     from .model import ScoreModel, trainable_summary
 
     if not cfg.init:
-        raise ScoreError("no base model: set `init` (or --init) to hubert_base, a checkpoint or an HF dir")
+        raise ScoreError("no base model: set `init` (or --init) to a named base (hubert_base, ...), "
+                         "a checkpoint or an HF dir")
     out = Path(cfg.out)
     check_split(cfg.optim.utterances_per_update, int(os.environ.get("WORLD_SIZE", 1)))
     out.mkdir(parents=True, exist_ok=True)
@@ -461,7 +462,7 @@ def setup(cfg: TrainConfig) -> Run:
     base_state, base_identity = load_base_state(cfg.init)
     model = ScoreModel(base_state, **vars(cfg.model), method=cfg.method, gamma=cfg.loss.gamma,
                        bandwidth=cfg.loss.bandwidth, alpha=cfg.loss.alpha, sigma=cfg.loss.sigma,
-                       margin=cfg.loss.margin)
+                       margin=cfg.loss.margin, view_batching=cfg.laser.view_batching)
     check_min_seconds(cfg, model.student)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -676,7 +677,8 @@ def reduce_update(params, count: float, loss_sum: float, seconds: float, ranks: 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     parser = ArgumentParser(prog="score-s3prl finetune", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="YAML config (default: the paper's settings)")
-    parser.add_argument("--init", help="base model: hubert_base | converted .pt | fairseq .pt | HF dir")
+    parser.add_argument("--init", help="base model: a named base (hubert_base, hubert_large_ll60k, wavlm_large, ...; "
+                                       "`score-s3prl fetch --help` lists them) | converted .pt | fairseq .pt | HF dir")
     parser.add_argument("--data", help="LibriSpeech root holding the subsets")
     parser.add_argument("--subsets", help="comma-separated subsets, e.g. train-clean-100")
     parser.add_argument("--out", help="run directory (re-running resumes)")

@@ -45,7 +45,7 @@ def data(tmp_path_factory) -> dict[str, str]:
         "root": str(root),
         "libri": str(libri),
         "asr": prepare.prepare_asr(libri, root / "asr"),
-        "pr": prepare.prepare_pr(libri, root / "pr"),
+        "pr": prepare.prepare_pr(libri, root / "pr", lexicon="cmudict"),  # offline (the g2p files: tests/test_lexicons.py)
         "qbe": prepare.prepare_qbe(demo_data.build_quesst(root)),
     }
 

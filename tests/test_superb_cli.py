@@ -27,6 +27,7 @@ import torch
 
 from score_s3prl.checkpoints.hubert import tiny_hubert_state, write_converted
 from score_s3prl.errors import ScoreError
+from score_s3prl.lexicons import Lexicon, g2p_paths
 from score_s3prl.superb import cli, demo_data, plan, settings
 from score_s3prl.superb.stages import StageError
 
@@ -147,6 +148,24 @@ def write_libri(root: Path) -> Path:
     return root
 
 
+def fake_g2p(root: Path, monkeypatch) -> None:
+    """PR's default lexicon source (s3prl's g2p files) served from a local mirror of two files covering
+    WORDS, pinned by their git blob ids, into a download cache of the test's own: no network."""
+    from s3prl.util import download
+
+    from score_s3prl import lexicons
+
+    mirror = root / "g2p-mirror"
+    mirror.mkdir()
+    pinned = []
+    for (name, _), words in zip(lexicons.G2P_FILES, (WORDS[:6], WORDS[6:])):
+        (mirror / name).write_text("".join(f"{w}\tAH0 B\n" for w in words))
+        pinned.append((name, lexicons.git_blob_id(mirror / name)))
+    monkeypatch.setattr(lexicons, "G2P_FILES", tuple(pinned))
+    monkeypatch.setenv(lexicons.URL_ENV, mirror.as_uri())
+    monkeypatch.setattr(download, "_download_dir", root / "s3prl-cache")
+
+
 @pytest.fixture(scope="module")
 def quesst_root(tmp_path_factory) -> Path:
     return demo_data.build_quesst(tmp_path_factory.mktemp("quesst"))
@@ -159,6 +178,7 @@ def env(tmp_path, quesst_root, monkeypatch) -> dict[str, Path]:
     monkeypatch.setenv("LIBRISPEECH_ROOT", str(libri))
     monkeypatch.setenv("QUESST14_ROOT", str(quesst_root))
     monkeypatch.delenv("LIBRISPEECH_LEXICON", raising=False)
+    fake_g2p(tmp_path, monkeypatch)
     script = tmp_path / "fake_launcher.py"
     script.write_text(FAKE_LAUNCHER)
     monkeypatch.setattr(plan, "LAUNCHER", [sys.executable, str(script)])
@@ -194,8 +214,9 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_rows_gains_and_plot(env):
+def test_rows_gains_and_plot(env, capsys):
     assert run(env, "all") == 0
+    assert f"pr lexicon: {Lexicon().label}\n" in capsys.readouterr().out  # the run's end names it
     rows = read_rows(env["csv"])
     got = [(r["task"], r["metric"], r["split"], r["upstream"]) for r in rows]
     assert got == [(task, metric, split, up) for task, metric, split in
@@ -218,6 +239,13 @@ def test_rows_gains_and_plot(env):
         marker = json.loads((env["out"] / "prepared" / f"{name}.done.json").read_text())
         train = next(a for a in launches(env) if "train" in a and a[a.index("-d") + 1] == downstream)
         assert overrides(marker["outputs"]["overrides"]).items() <= overrides(train[-1]).items()
+    # PR's lexicon (s3prl's g2p files, here from the test's mirror) is named in the run's settings
+    label = Lexicon().label
+    assert label.startswith("s3prl 0.4.18 g2p: librispeech-lexicon-200k-g2p.txt")
+    for upstream in ("hubert_local--base", "score_hubert_local--score"):
+        (folder,) = (env["out"] / "pr" / upstream).glob("seed*")
+        assert json.loads((folder / "train.done.json").read_text())["settings"]["lexicon"] == label
+        assert json.loads((folder / "score-test.done.json").read_text())["outputs"]["detail"]["lexicon"] == label
 
 
 @pytest.mark.slow
@@ -422,7 +450,8 @@ def test_dry_run_prints_the_s3prl_commands(env, capsys, monkeypatch):
         "asr": {"config.downstream_expert.datarc.libri_root": libri,
                 "config.downstream_expert.datarc.bucket_file": str(out / "prepared" / "asr")},
         "ctc": {"config.downstream_expert.corpus.path": libri,
-                "config.downstream_expert.corpus.lexicon": [str(out / "prepared" / "pr" / "lexicon.txt")],
+                # s3prl's g2p lexicon files, as the authors' PR, where the preparation caches them
+                "config.downstream_expert.corpus.lexicon": [str(p) for p in g2p_paths()],
                 "config.optimizer.lr": 5e-4},  # the paper's PR setting, explicit
     }
     it = iter(commands)
@@ -450,7 +479,7 @@ def test_dry_run_prints_the_s3prl_commands(env, capsys, monkeypatch):
                                   "-o": qbe[-1]}
             assert overrides(qbe[-1]) == {"config.downstream_expert.datarc.dataset_root": quesst}
     assert any("[prepare/asr] length tables" in line for line in lines)
-    assert any("[prepare/pr] lexicon" in line and "CMUdict" in line for line in lines)
+    assert any("[prepare/pr] lexicon" in line and "lexicon: s3prl 0.4.18 g2p" in line for line in lines)
     # the probe: one `score-s3prl probe` per upstream on the LibriSpeech root's dev-clean
     assert len(probes) == 2
     for line, (spec, label) in zip(probes, [("hubert_base", "hubert_base"),
@@ -461,6 +490,15 @@ def test_dry_run_prints_the_s3prl_commands(env, capsys, monkeypatch):
         assert words[3 + len(plan.SCORE_CLI):] == [
             "probe", "--upstream", spec, "--audio", str(env["libri"] / "dev-clean"), "--max-utterances", "100",
             "--out", str(out / "probe" / label / "dev-clean"), "--device", "cpu", "--no-progress"]
+
+
+def test_dry_run_with_the_cmudict_lexicon_writes_it_in_the_prepared_folder(env, capsys):
+    run(env, "pr", "--dry-run", "--lexicon", "cmudict")
+    lines = capsys.readouterr().out.splitlines()
+    assert any("[prepare/pr] lexicon" in line and "lexicon: cmudict" in line for line in lines)
+    train = parse_command(next(line for line in lines if line.startswith("$ ") and "-m train" in line))[1]
+    assert overrides(train[-1])["config.downstream_expert.corpus.lexicon"] == [
+        str(env["out"] / "prepared" / "pr" / "lexicon.txt")]
 
 
 def test_dry_run_with_a_lexicon_uses_it_and_writes_none(env, capsys):

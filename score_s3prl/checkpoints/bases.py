@@ -2,10 +2,11 @@
 
 ``load_base_state(spec)`` accepts
 
-* a name in :data:`BASE_URLS`: ``hubert_base`` (the checkpoint s3prl's own ``hubert_base``
-  entry uses) or ``wavlm_base`` (s3prl's ``wavlm_base``), downloaded and cached by
-  :func:`.download.fetch` in s3prl's download cache (``~/.cache/s3prl/download`` unless s3prl
-  is told otherwise);
+* a name in :data:`BASE_URLS`: every HuBERT and WavLM checkpoint s3prl's hub serves, under
+  the hub entry's name (``hubert_base``, ``hubert_large_ll60k``, ``wavlm_base_plus``,
+  ``wavlm_large``, ...), downloaded and cached by :func:`.download.fetch` in s3prl's download
+  cache (``~/.cache/s3prl/download`` unless s3prl is told otherwise), where stock s3prl's
+  ``-u NAME`` finds the same file (:func:`fetch_base` fills it ahead);
 * a path to a ``.pt`` file, recognised by its content: s3prl's converted format, s3prl's WavLM
   format (``{"cfg", "model"}``, as ``wavlm_local`` reads; it stays in that format), or a fairseq
   HuBERT checkpoint (converted here without fairseq being installed);
@@ -38,10 +39,27 @@ HUBERT_BASE_URL = "https://huggingface.co/s3prl/converted_ckpts/resolve/main/hub
 # The URL in s3prl/upstream/wavlm/hubconf.py:wavlm_base (s3prl's {"cfg", "model"} WavLM format).
 WAVLM_BASE_URL = "https://huggingface.co/s3prl/converted_ckpts/resolve/main/wavlm_base.pt"
 
-# Bases known by name: name -> the URL of a checkpoint in a format :func:`load_base_state` reads.
+# Bases known by name: s3prl hub entry -> the URL of the checkpoint it loads, for every entry of
+# s3prl/upstream/hubert/hubconf.py and s3prl/upstream/wavlm/hubconf.py that names one (the
+# non-legacy URL: s3prl's converted HuBERT format, or its {"cfg", "model"} WavLM format), s3prl's
+# aliases included. tests/test_checkpoints_bases.py calls every entry of both hubconfs and checks
+# that this table holds exactly the URLs they ask for.
 BASE_URLS: dict[str, str] = {
+    "hubert": HUBERT_BASE_URL,  # s3prl's default HuBERT: Base
     "hubert_base": HUBERT_BASE_URL,
+    "hubert_large_ll60k": "https://huggingface.co/s3prl/converted_ckpts/resolve/main/hubert_large_ll60k.pt",
+    "hubert_base_robust_mgr":
+        "https://huggingface.co/s3prl/converted_ckpts/resolve/main/HuBERT_base_robust_mgr_best_loss_2.7821.pt",
+    "mhubert_base_vp_en_es_fr_it3":
+        "https://huggingface.co/s3prl/converted_ckpts/resolve/main/mhubert_base_vp_en_es_fr_it3.pt",
+    "contentvec": "https://huggingface.co/s3prl/converted_ckpts/resolve/main/contentvec_km100.pt",
+    "contentvec_km100": "https://huggingface.co/s3prl/converted_ckpts/resolve/main/contentvec_km100.pt",
+    "contentvec_km500": "https://huggingface.co/s3prl/converted_ckpts/resolve/main/contentvec_km500.pt",
+    "ms_hubert": "https://huggingface.co/s3prl/MS-HuBERT/resolve/main/iter3.pt",
+    "wavlm": "https://huggingface.co/s3prl/converted_ckpts/resolve/main/wavlm_base_plus.pt",  # s3prl's default: Base+
     "wavlm_base": WAVLM_BASE_URL,
+    "wavlm_base_plus": "https://huggingface.co/s3prl/converted_ckpts/resolve/main/wavlm_base_plus.pt",
+    "wavlm_large": "https://huggingface.co/s3prl/converted_ckpts/resolve/main/wavlm_large.pt",
 }
 
 
@@ -59,7 +77,7 @@ def load_base_state(spec: str, refresh: bool = False) -> tuple[dict[str, Any], s
         ScoreError: the source is missing, unreadable, or not a HuBERT of a consistent shape.
     """
     if spec in BASE_URLS:
-        path = Path(_download(BASE_URLS[spec], refresh, spec))
+        path = fetch_base(spec, refresh)
         state, kind = _load_pt(path), spec
     elif os.path.isdir(spec):
         path = weights_file(Path(spec))
@@ -69,8 +87,8 @@ def load_base_state(spec: str, refresh: bool = False) -> tuple[dict[str, Any], s
         state, kind = _load_pt(path), f"local:{path.resolve()}"
     else:
         raise ScoreError(
-            f"{spec}: base model not found (expected hubert_base, a .pt checkpoint "
-            "or a transformers HubertModel directory)"
+            f"{spec}: base model not found (expected a named base such as hubert_base, "
+            "hubert_large_ll60k or wavlm_large, a .pt checkpoint or a transformers directory)"
         )
     check_base(state, spec)
     return state, f"{kind} sha256:{file_sha256(path)}"
@@ -85,6 +103,31 @@ def check_base(state: dict[str, Any], source: str) -> None:
         raise
     except Exception as exc:  # bad config values surface as TypeError, AssertionError, ...
         raise ScoreError(f"{source}: not a HuBERT model config ({type(exc).__name__}: {exc})") from exc
+
+
+def base_url(name: str) -> str:
+    """The URL of the named base.
+
+    Raises:
+        ScoreError: ``name`` is not in :data:`BASE_URLS`; the message lists the names.
+    """
+    if name not in BASE_URLS:
+        import difflib
+
+        close = difflib.get_close_matches(name, BASE_URLS, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ScoreError(f"{name}: not a named base ({hint}known: {', '.join(BASE_URLS)})")
+    return BASE_URLS[name]
+
+
+def fetch_base(name: str, refresh: bool = False) -> Path:
+    """The cached checkpoint file of the named base, downloaded first if absent (or ``refresh``).
+
+    Raises:
+        ScoreError: an unknown name (see :func:`base_url`), or the download failed or gave a
+            file that does not load as a base model.
+    """
+    return Path(_download(base_url(name), refresh, name))
 
 
 def _download(url: str, refresh: bool, name: str) -> str:

@@ -1,4 +1,4 @@
-"""Downloading checkpoints into s3prl's download cache, safely.
+"""Downloading checkpoints (and the PR lexicon files) into s3prl's download cache, safely.
 
 s3prl's own downloader (``s3prl.util.download``) has no timeout, does not check the HTTP
 status (an error page is cached as the checkpoint and reused), and falls back to
@@ -48,6 +48,7 @@ def fetch(
     refresh: bool = False,
     validate: Callable[[Path], None] | None = None,
     timeout: float | None = None,
+    what: str = "checkpoint",
 ) -> Path:
     """The cached file of ``url``, downloaded first if absent, refused or ``refresh``.
 
@@ -57,12 +58,13 @@ def fetch(
     Raises:
         DownloadError: one line naming the URL: bad scheme, no answer within ``timeout``,
             an HTTP error status, a truncated body, or a file ``validate`` refuses.
-    ``timeout`` defaults to :data:`TIMEOUT_S` (seconds, for connecting and for each read).
+    ``timeout`` defaults to :data:`TIMEOUT_S` (seconds, for connecting and for each read);
+    ``what`` names the file in the messages ("checkpoint", "lexicon").
     """
     timeout = TIMEOUT_S if timeout is None else timeout
     scheme = urllib.parse.urlparse(url).scheme.lower()
     if scheme not in SCHEMES:
-        raise DownloadError(f"{url}: cannot download checkpoint (URL scheme {scheme or 'missing'!r}; "
+        raise DownloadError(f"{url}: cannot download {what} (URL scheme {scheme or 'missing'!r}; "
                             f"expected {', '.join(SCHEMES)})")
     dest = cache_path(url)
     if dest.is_file() and not refresh:
@@ -75,18 +77,18 @@ def fetch(
     try:
         _download(url, dest, validate, timeout)
     except ScoreError as exc:
-        raise DownloadError(f"{url}: cannot download checkpoint ({exc}); nothing was cached") from exc
+        raise DownloadError(f"{url}: cannot download {what} ({exc}); nothing was cached") from exc
     except (socket.timeout, TimeoutError):
-        raise DownloadError(f"{url}: cannot download checkpoint (no answer within {timeout:g} s)") from None
+        raise DownloadError(f"{url}: cannot download {what} (no answer within {timeout:g} s)") from None
     except urllib.error.HTTPError as exc:
-        raise DownloadError(f"{url}: cannot download checkpoint (HTTP {exc.code} {exc.reason})") from None
+        raise DownloadError(f"{url}: cannot download {what} (HTTP {exc.code} {exc.reason})") from None
     except urllib.error.URLError as exc:
         reason = exc.reason.strerror if isinstance(exc.reason, OSError) and exc.reason.strerror else exc.reason
         if isinstance(exc.reason, (socket.timeout, TimeoutError)):
             reason = f"no answer within {timeout:g} s"
-        raise DownloadError(f"{url}: cannot download checkpoint ({reason})") from None
+        raise DownloadError(f"{url}: cannot download {what} ({reason})") from None
     except (OSError, ValueError) as exc:
-        raise DownloadError(f"{url}: cannot download checkpoint ({exc})") from None
+        raise DownloadError(f"{url}: cannot download {what} ({exc})") from None
     return dest
 
 

@@ -4,7 +4,7 @@ from them.
 Reading (:func:`convert_hf_dir`): ``config.json`` and the weights (``model.safetensors`` or
 ``pytorch_model.bin``) become s3prl's converted HuBERT dict or its WavLM dict.
 
-Writing (:func:`export_hf`, behind ``score-s3prl export --format hf``): a converted HuBERT or
+Writing (:func:`write_hf_dir`, behind ``score-s3prl export --format hf``): a converted HuBERT or
 WavLM checkpoint becomes a directory with ``config.json``, ``model.safetensors`` and
 ``preprocessor_config.json`` (a ``Wav2Vec2FeatureExtractor`` with the model's waveform
 normalisation), so the model loads with ``transformers.HubertModel.from_pretrained(OUT_DIR)`` (or
@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from ..errors import ScoreError
+from ..fileio import give_umask_mode
 from .models import base_architecture, build_base, read_checkpoint
 from .renaming import hf_to_s3prl_rules, rename_weights, s3prl_to_hf_rules
 from .safeload import load_checkpoint, load_safetensors
@@ -239,11 +240,20 @@ def hf_weights(state: dict[str, Any], mode: str) -> dict[str, torch.Tensor]:
                           lambda name: f"checkpoint: weight {name} has no transformers counterpart")
 
 
+HF_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")  # what write_hf_dir writes
+
+
 def export_hf(ckpt: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write CKPT as a transformers directory in OUT_DIR; returns OUT_DIR."""
+    """Write CKPT as a transformers directory in OUT_DIR (:func:`write_hf_dir`); returns OUT_DIR."""
+    return write_hf_dir(read_checkpoint(ckpt), out_dir, str(ckpt))
+
+
+def write_hf_dir(state: dict[str, Any], out_dir: str | os.PathLike, source: str) -> Path:
+    """Write a checked checkpoint dict (``source`` names it in errors) as the :data:`HF_FILES` of
+    a transformers directory in OUT_DIR; returns OUT_DIR. Its training record is the caller's
+    (``score-s3prl export`` writes it without machine paths, beside a model card)."""
     import transformers
 
-    state = read_checkpoint(ckpt)
     config, normalize, mode = hf_config(state)
     cls = transformers.WavLMModel if base_architecture(state) == "wavlm" else transformers.HubertModel
     model = cls(config)
@@ -253,12 +263,14 @@ def export_hf(ckpt: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     unexpected = sorted(set(weights) - set(expected))
     wrong = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
-        raise ScoreError(f"{ckpt}: does not map onto transformers' {cls.__name__}: missing {missing[:3]}, "
+        raise ScoreError(f"{source}: does not map onto transformers' {cls.__name__}: missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}")
     model.load_state_dict(weights, strict=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
+    # safetensors writes through a 0600 temporary file: give the weights the mode of every other file
+    give_umask_mode(*out.glob("*.safetensors"))
     # The feature extractor is what transformers pipelines and s3prl's hf_hubert_custom apply
     # before the model: normalisation as the s3prl task config says; attention masks only for
     # layer-norm CNNs (transformers' advice for group-norm models such as HuBERT Base).
@@ -267,7 +279,4 @@ def export_hf(ckpt: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         return_attention_mask=mode == "layer_norm",
     )
     extractor.save_pretrained(out)
-    score = state.get("score")
-    if score is not None:  # keep the provenance next to the weights
-        (out / "score_s3prl.json").write_text(json.dumps(score, indent=2, default=str) + "\n", encoding="utf-8")
     return out

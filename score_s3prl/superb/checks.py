@@ -128,8 +128,8 @@ def check_lexicon(lexicon: Path, words: dict[str, dict[str, list[str]]]) -> None
             if missing:
                 raise ScoreError(
                     f"{lexicon}: no entry for the word {missing[0]!r} (utterance {utterance} in {split}); "
-                    f"add it, or leave out --lexicon and ${ENV['lexicon']} to have a lexicon written "
-                    f"from CMUdict (unknown words -> {corpora.OOV_PHONE})"
+                    f"add it, or pass --lexicon g2p (s3prl's g2p files, the default) or --lexicon cmudict "
+                    f"(written from CMUdict, unknown words -> {corpora.OOV_PHONE})"
                 )
 
 

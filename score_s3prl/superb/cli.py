@@ -28,8 +28,9 @@ recorded in its run directory into the results CSV), :mod:`.checks` checks the i
 :mod:`.demo` the demo's, :mod:`.stages` runs them resumably, :mod:`.settings` holds what a run is.
 
 Data roots come from ``--libri-root`` / ``$LIBRISPEECH_ROOT``, ``--quesst-root`` /
-``$QUESST14_ROOT`` and, optionally, ``--lexicon`` / ``$LIBRISPEECH_LEXICON`` (without it a lexicon
-is written from CMUdict); all of them are checked, and the upstream checkpoints opened, before
+``$QUESST14_ROOT`` and, optionally, ``--lexicon`` / ``$LIBRISPEECH_LEXICON``: PR's word -> phones
+lexicon, ``g2p`` (default: s3prl's g2p files as the authors' PR, fetched once), ``cmudict`` (written
+from CMUdict; the demo's) or a file; all of them are checked, and the upstream checkpoints opened, before
 any stage starts. One run at a time per ``--out``: a second stops at once, naming the first
 (:mod:`.lock`). Finished stages are skipped on a re-run unless their settings or the content of their
 upstream checkpoint changed (``--force`` redoes them all), and a training that died resumes from its
@@ -55,6 +56,7 @@ from pathlib import Path
 
 from .. import children
 from ..errors import ScoreError
+from ..lexicons import CMUDICT, G2P, Lexicon, parse_lexicon
 from ..recipes import RECIPES
 from ..slurm import add_arguments as add_slurm_arguments
 from . import results
@@ -87,7 +89,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"so that runs pair up (default: {DEFAULT_SEED}, s3prl's own)")
     parser.add_argument("--libri-root", type=Path, metavar="DIR", help="LibriSpeech folder with train-clean-100, dev-clean, test-clean")
     parser.add_argument("--quesst-root", type=Path, metavar="DIR", help="the quesst14Database folder")
-    parser.add_argument("--lexicon", type=Path, metavar="FILE", help="word -> phones lexicon for PR (default: written from CMUdict)")
+    parser.add_argument("--lexicon", metavar="g2p|cmudict|FILE",
+                        help="PR's word -> phones lexicon: g2p (default: s3prl's g2p files, as the authors' PR; "
+                             "fetched once), cmudict (written from CMUdict, offline; PER not comparable with "
+                             "published numbers) or a file")
     parser.add_argument("--out", type=Path, metavar="DIR", help="run folder (default: exp/superb; demo: demo)")
     parser.add_argument("--results", type=Path, metavar="CSV", help="results CSV (default: results/superb_results.csv; "
                                                      "demo: <out>/superb_results.csv)")
@@ -155,6 +160,12 @@ def _env_path(value: Path | None, setting: str) -> Path | None:
     return value.expanduser().resolve() if value is not None else None
 
 
+def _lexicon(value: str | None) -> Lexicon:
+    """``--lexicon`` / ``$LIBRISPEECH_LEXICON``: a source name or a file."""
+    value = value or os.environ.get(ENV["lexicon"]) or G2P
+    return parse_lexicon(value)
+
+
 def resolve_device(name: str) -> str:
     if name != "auto":
         return name
@@ -174,14 +185,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if given:
             raise ScoreError(f"demo: {', '.join(given)} not taken; the demo builds its own data and models")
     libri_root = _env_path(args.libri_root, "libri_root")
+    lexicon = Lexicon(source=CMUDICT) if demo else _lexicon(args.lexicon)  # the demo runs offline
     probe_audio = args.probe_audio or (libri_root / PROBE_SPLIT if libri_root else None)
     return Settings(
         tasks=tuple(RECIPES) if args.task in ("all", "demo") else (args.task,),
         upstreams=() if demo else distinct_labels(tuple(parse_upstream(u) for u in (args.upstream or DEFAULT_UPSTREAMS))),
         out=out, results=csv, plot=(args.plot or csv.with_name("superb_gains.png")).expanduser().resolve(),
         libri_root=libri_root, quesst_root=_env_path(args.quesst_root, "quesst_root"),
+        lexicon=lexicon.file, lexicon_source=lexicon.source,
         # on SLURM, auto is resolved by each job on its node (superb.slurm.UnitJob), not on the login node
-        lexicon=_env_path(args.lexicon, "lexicon"),
         device="cpu" if demo else args.device if args.launcher == "slurm" else resolve_device(args.device),
         steps=args.steps or (DEMO_STEPS if demo else None), workers=0 if demo and args.workers is None else args.workers,
         qbe_layer=args.qbe_layer, qbe_dev_layers=parse_layers(args.qbe_dev_layers), demo=demo,
@@ -317,6 +329,10 @@ def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
         return 0
     rows = results.assemble(settings.out, settings.results, score_stages)
     pipeline.say("\n" + results.summary_table(rows))
+    if "pr" in settings.tasks:  # the lexicon decides PR's labels: a PER is comparable only under the same one
+        cmudict = settings.lexicon_source == CMUDICT and not settings.lexicon
+        caveat = "; not comparable with published PER" if cmudict else ""
+        pipeline.say(f"pr lexicon: {planner.data_detail('pr')['lexicon']}{caveat}")
     if planner.probe_csvs:
         from .. import probe
 

@@ -54,7 +54,8 @@ def run_lock(out: Path) -> Iterator[Path]:
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
     # not O_TRUNC: until the lock is ours, the file says who holds it
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the stages' subprocesses
+    # mode 0666: the umask decides, as for every file we write; not inherited by the stages' subprocesses
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

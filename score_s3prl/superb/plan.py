@@ -99,7 +99,7 @@ class Planner:
         """Where ``task``'s data is; its preparation writes under ``<out>/prepared/<task>``."""
         s = self.settings
         return DataPaths(prepared=self.prepared / task, libri_root=s.libri_root, quesst_root=s.quesst_root,
-                         lexicon=s.lexicon, splits=SPLITS)
+                         lexicon=s.lexicon, lexicon_source=s.lexicon_source, splits=SPLITS)
 
     def prepare_stages(self, task: str) -> list[Stage]:
         """The stage writing ``task``'s prepared files (built once per task), or none when the
@@ -108,7 +108,7 @@ class Planner:
         if recipe.prepare is None or (recipe.given_instead and getattr(paths, recipe.given_instead)):
             return []
         if task not in self._prepare:
-            prepare = recipe.prepare
+            prepare, detail = recipe.prepare, self.data_detail(task)
 
             def action() -> dict[str, Any]:
                 prepare(paths)
@@ -117,9 +117,16 @@ class Planner:
             self._prepare[task] = Stage(
                 f"prepare/{task}", self.prepared, task, action=action,
                 clean=paths.prepared, describe=f"{recipe.prepare.__doc__ or 'prepare'} ({', '.join(SPLITS)}) -> "
-                                               f"{paths.prepared}",
-                settings={**{root: str(getattr(paths, root)) for root in recipe.data_roots}, "splits": SPLITS})
+                                               f"{paths.prepared}" + "".join(f"; {k}: {v}" for k, v in detail.items()),
+                settings={**{root: str(getattr(paths, root)) for root in recipe.data_roots}, "splits": SPLITS,
+                          **detail})
         return [self._prepare[task]]
+
+    def data_detail(self, task: str) -> dict[str, Any]:
+        """What defines ``task``'s data beyond its ``-o`` paths (PR: the lexicon), for stage keys,
+        row hashes and the score's detail; empty for most tasks."""
+        detail = RECIPES[task].data_detail
+        return detail(self.data_paths(task)) if detail else {}
 
     def data_overrides(self, task: str) -> dict[str, Any]:
         """The ``-o`` keys that point ``task``'s recipe at the data (known before preparation
@@ -198,9 +205,10 @@ class Planner:
                 return None
             return [*LAUNCHER, "-m", "train", "-e", str(train_dir), "--device", s.device]
 
+        detail = self.data_detail(task)  # PR: the lexicon, named in the stages' settings and the score
         train = Stage(f"{name}/train", run, "train", command=train_command, deps=tuple(prep),
                       cwd=run, env=self.env, clean=train_dir, action=lambda: {"checkpoint": chosen_checkpoint(best)},
-                      describe="pick the checkpoint to evaluate", settings=self.upstream_digest(upstream),
+                      describe="pick the checkpoint to evaluate", settings={**self.upstream_digest(upstream), **detail},
                       resume=resume_command)
 
         # planned with the best dev checkpoint's path (what the dry run prints and the key hashes);
@@ -219,8 +227,8 @@ class Planner:
         def score() -> dict[str, Any]:
             rate = recipe_error_rate(eval_dir, task, spec.test_split)
             row = self.row(task, spec.metric, upstream, spec.test_split, rate.percent, eval_dir,
-                           self.row_hash(task, upstream, spec.test_split, None, {"seed": seed}), seed)
-            return scored_rows([row], dataclasses.asdict(rate))
+                           self.row_hash(task, upstream, spec.test_split, None, {"seed": seed, **detail}), seed)
+            return scored_rows([row], {**dataclasses.asdict(rate), **detail})
 
         scored = self.score_stage(f"{name}/score", run, f"score-{spec.test_split}", score, (evaluate,),
                                   f"{spec.metric.upper()} from {eval_dir}/*-hyp.ark and *-ref.ark")

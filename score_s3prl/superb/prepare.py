@@ -5,8 +5,10 @@ task   writes                                                          replaces
 =====  ==============================================================  =======================
 asr    ``<out>/<split>.csv`` length tables (``file_path,length,label``:  s3prl's interactive
        path relative to the LibriSpeech root, samples; longest first)   ``generate_len_for_bucket.py``
-pr     ``<out>/lexicon.txt``: every transcript word -> its first CMUdict  LibriSpeech's g2p lexicon
-       pronunciation (stressed ARPAbet); words CMUdict lacks -> ``SPN``  (not redistributable here)
+pr     ``--lexicon g2p`` (default): s3prl's two g2p lexicon files, as   nothing: s3prl's recipe
+       the authors' PR, fetched once into s3prl's download cache;       names files of its
+       ``--lexicon cmudict``: ``<out>/lexicon.txt``, every transcript   repository, which its
+       word -> its first CMUdict pronunciation, unknown words -> ``SPN``  pip package lacks
 qbe    nothing: checks a QUESST 2014 root (``scoring/language_key_*.lst``  -
        and the audio they list)
 =====  ==============================================================  =======================
@@ -28,6 +30,7 @@ from typing import Sequence
 
 from ..corpora import SPLITS, check_quesst, override
 from ..errors import ScoreError
+from ..lexicons import G2P, SOURCES
 from ..recipes import RECIPES, DataPaths
 
 
@@ -46,10 +49,12 @@ def prepare_asr(libri_root: str | os.PathLike, out_dir: str | os.PathLike, split
                                       splits=tuple(splits)))
 
 
-def prepare_pr(libri_root: str | os.PathLike, out_dir: str | os.PathLike, splits: Sequence[str] = SPLITS) -> str:
-    """The lexicon for the ``ctc`` (libriphone) recipe; returns its ``-o`` string."""
+def prepare_pr(libri_root: str | os.PathLike, out_dir: str | os.PathLike, splits: Sequence[str] = SPLITS,
+               lexicon: str = G2P) -> str:
+    """The lexicon for the ``ctc`` (libriphone) recipe (``lexicon``: ``g2p`` or ``cmudict``, see
+    :mod:`score_s3prl.lexicons`); returns its ``-o`` string."""
     return _prepared("pr", DataPaths(libri_root=Path(libri_root).resolve(), prepared=Path(out_dir).resolve(),
-                                     splits=tuple(splits)))
+                                     splits=tuple(splits), lexicon_source=lexicon))
 
 
 def prepare_qbe(quesst_root: str | os.PathLike) -> str:
@@ -69,13 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--libri-root", required=True, help="LibriSpeech folder holding the split folders")
         sub.add_argument("--out", required=True, help="folder for the prepared files")
         sub.add_argument("--splits", nargs="+", default=list(SPLITS), help="split folder names")
+        if task == "pr":
+            sub.add_argument("--lexicon", choices=SOURCES, default=G2P,
+                             help="g2p: s3prl's g2p files, as the authors' PR (default); cmudict: written from CMUdict")
     qbe = tasks.add_parser("qbe", help="check a QUESST 2014 root for the quesst14_dtw recipe")
     qbe.add_argument("--quesst-root", required=True, help="the quesst14Database folder")
     args = parser.parse_args(argv)
     if args.task == "asr":
         print(prepare_asr(args.libri_root, args.out, args.splits))
     elif args.task == "pr":
-        print(prepare_pr(args.libri_root, args.out, args.splits))
+        print(prepare_pr(args.libri_root, args.out, args.splits, args.lexicon))
     else:
         print(prepare_qbe(args.quesst_root))
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..corpora import SPLITS
 from ..errors import ScoreError
+from ..lexicons import G2P
 
 LAST_LAYER = -1  # QbE layer the SCORE paper evaluated
 ENV = {"libri_root": "LIBRISPEECH_ROOT", "quesst_root": "QUESST14_ROOT", "lexicon": "LIBRISPEECH_LEXICON"}
@@ -110,7 +111,7 @@ class Settings:
     plot: Path  # gains bar chart (PNG)
     libri_root: Path | None
     quesst_root: Path | None
-    lexicon: Path | None  # None: written from CMUdict
+    lexicon: Path | None  # a word -> phones file given; None: lexicon_source's
     device: str  # s3prl --device
     steps: int | None  # ASR/PR training updates (None: the recipe's)
     workers: int | None  # dataloader workers (None: the recipe's)
@@ -121,6 +122,9 @@ class Settings:
     probe_audio: Path | None = None  # held-out audio of the probe task (None: not given)
     probe_utterances: int = PROBE_UTTERANCES  # the probe's first N files of probe_audio
     seeds: tuple[int, ...] = (DEFAULT_SEED,)  # s3prl --seed of each downstream training (ASR, PR)
+    # without a lexicon file: "g2p", s3prl's g2p files as the authors' PR (fetched once), or
+    # "cmudict", written from CMUdict (offline; the demo's); see score_s3prl/lexicons.py
+    lexicon_source: str = G2P
 
     @property
     def baseline_system(self) -> str:

@@ -261,8 +261,9 @@ class Pipeline:
             outputs = stage.action()
         else:
             outputs = {}
+        # the settings in words beside their hash: what the run was (e.g. PR's lexicon), readable
         record = {"key": stage.key(), "stamp": uuid.uuid4().hex, "finished": utc_now(),
-                  "seconds": round(time.monotonic() - started, 1), "outputs": outputs}
+                  "seconds": round(time.monotonic() - started, 1), "outputs": outputs, "settings": stage.settings}
         atomic_write_text(stage.marker, json.dumps(record, indent=2, sort_keys=True) + "\n")
         stage.attempt.unlink(missing_ok=True)
         self.say(f"[{stage.name}] done in {record['seconds']:.1f} s")
