@@ -385,11 +385,63 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+VOLATILE_KEYS = ("out", "device", "log_every", "save_every", "monitor")  # shape no trained weight
+# where the corpus sits, not what it is: a resume compares the corpus's content instead
+# (train.data_identity), so a run whose data was copied to another disk resumes
+DATA_LOCATION_KEYS = ("root", "manifest", "cache_dir")
+
+
 def config_hash(cfg: TrainConfig) -> str:
     """A short stable hash of everything that shapes the trained weights."""
     data = config_dict(cfg)
-    for volatile in ("out", "device", "log_every", "save_every", "monitor"):
+    for volatile in VOLATILE_KEYS:
         data.pop(volatile)
     if cfg.method != "laser":  # no effect on SCORE: its runs keep the hash they had before the key
         data.pop("laser")
     return json_hash(data)
+
+
+def resume_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with the run it continues, as flat dotted keys:
+    everything that shapes the weights except where the data sits."""
+    data = config_dict(cfg)
+    for volatile in VOLATILE_KEYS:
+        data.pop(volatile)
+    for key in DATA_LOCATION_KEYS:
+        data["data"].pop(key)
+    return flatten(data)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differing_keys(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``key (saved -> now)`` for each flat key whose value differs (or is on one side only);
+    values shown up to 60 characters (a saved file's values may be anything)."""
+    def shown(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    missing = object()
+    return [f"{key} ({shown(saved.get(key, 'unset'))} -> {shown(now.get(key, 'unset'))})"
+            for key in sorted(set(saved) | set(now)) if saved.get(key, missing) != now.get(key, missing)]
+
+
+def is_plain(value: Any) -> bool:
+    """True for JSON-like data (str, int, float, bool, None, and lists / str-keyed dicts of them):
+    what a saved settings record may hold before it is compared."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
+    return False

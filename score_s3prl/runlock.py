@@ -6,6 +6,14 @@ results row twice, or replace each other's export. The lock file holds the holde
 command line so that the second run can name it. The kernel drops a ``flock`` when its
 process dies, ``kill -9`` included, so a dead run never blocks the next one and there is no
 stale-lock cleanup.
+
+The stages' commands inherit the lock's file descriptor (:func:`held_lock_fds`, passed by
+:func:`score_s3prl.superb.stages.run_command`): a ``flock`` lasts until every descriptor of it is closed, so the
+folder stays locked while a child of a killed runner still lives. With ``PR_SET_PDEATHSIG``
+(:mod:`score_s3prl.children`) such a child gets SIGTERM at once; until it has exited, a new run
+is refused instead of running beside it. Over NFS between nodes ``flock`` is not reliable: the
+SLURM launcher (:mod:`score_s3prl.superb.slurm`) takes this lock only on the submitting host and depends on no
+lock across nodes.
 """
 
 from __future__ import annotations
@@ -22,7 +30,14 @@ from .errors import ScoreError
 
 LOCK_NAME = ".run.lock"
 
-__all__ = ["LOCK_NAME", "run_lock"]
+__all__ = ["LOCK_NAME", "run_lock", "held_lock_fds"]
+
+_held: set[int] = set()  # descriptors of the run locks this process holds
+
+
+def held_lock_fds() -> tuple[int, ...]:
+    """File descriptors of the run locks this process holds (for a child to inherit)."""
+    return tuple(sorted(_held))
 
 
 def _command_line() -> str:
@@ -49,10 +64,12 @@ def run_lock(out: Path) -> Iterator[Path]:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
             # the holder writes its line just after locking: it can be empty for a moment
             who = " ".join(holder.split()) or "a process that has not written its PID yet"
-            raise ScoreError(f"{out}: another run is using this --out ({who}); wait for it to end "
-                             f"or pass another --out") from None
+            raise ScoreError(f"{out}: another run is using this --out ({who}, or a process it started that "
+                             f"is still ending); wait for it to end or pass another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()}: {_command_line()}\n".encode(), 0)
+        _held.add(fd)
         yield path
     finally:
+        _held.discard(fd)
         os.close(fd)  # releases the lock; the file stays (unlinking a flock file races with its next taker)

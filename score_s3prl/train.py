@@ -15,10 +15,14 @@ between their projected last-layer frames (LASER: plus its temporal regulariser)
     score_hubert.pt    the export: s3prl's converted HuBERT format plus a ``score`` block
                        (score_wavlm.pt for a WavLM base: the format ``wavlm_local`` reads)
 
-Re-running with the same ``out`` resumes from ``train_state.pt``. SIGINT/SIGTERM save the
-state at the next update boundary before exiting, so a pre-empted job loses nothing. One run
-holds ``out`` at a time (:mod:`score_s3prl.runlock`), and a base model (``init``) that is one of
-the files the run writes is refused before any work.
+Re-running with the same ``out`` resumes from ``train_state.pt``, also with the data staged at
+another path (a SLURM job copying the corpus to its node's disk): a resume compares the settings
+and the corpus's content (:func:`data_identity`), not where it sits, and a refusal names the keys
+that differ. SIGINT/SIGTERM/SIGHUP, and SLURM's pre-timeout signals SIGUSR1/SIGUSR2, save the
+state at the next update boundary before exiting, so a pre-empted job loses nothing
+(``score-s3prl finetune --launcher slurm`` then requeues it: :mod:`score_s3prl.slurm_finetune`).
+One run holds ``out`` at a time (:mod:`score_s3prl.runlock`), and a base model (``init``) that
+is one of the files the run writes is refused before any work.
 """
 
 from __future__ import annotations
@@ -47,9 +51,11 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoints.hubert import write_converted
-from .config import TrainConfig, config_dict, config_hash, config_yaml, load_config
+from .config import (TrainConfig, config_dict, config_hash, config_yaml, differing_keys, is_plain, load_config,
+                     resume_settings)
 from .errors import ArgumentParser, ScoreError
 from .fileio import atomic_open, atomic_torch_save, atomic_write_text, remove_stale_temps
+from .hashing import json_hash
 from .runlock import run_lock
 from .runtime import DEVICE_CHOICES, device_name, resolve_device
 
@@ -147,6 +153,20 @@ def min_input_samples(hubert) -> int:
     return samples
 
 
+def check_split(utterances_per_update: int, processes: int) -> None:
+    """Refuse an update size the processes cannot share exactly: each process takes
+    ``utterances_per_update / processes`` utterances, and rounding up would silently train on
+    more per update than the config says."""
+    if utterances_per_update % processes:
+        multiples = sorted({processes * max(1, utterances_per_update // processes),
+                            processes * (utterances_per_update // processes + 1)})
+        raise ScoreError(
+            f"config: optim.utterances_per_update = {utterances_per_update} cannot be split evenly over "
+            f"{processes} processes (each would take {math.ceil(utterances_per_update / processes)}, "
+            f"{math.ceil(utterances_per_update / processes) * processes} per update); use a multiple of "
+            f"{processes} ({' or '.join(map(str, multiples))}) or a process count that divides {utterances_per_update}")
+
+
 def check_min_seconds(cfg: TrainConfig, hubert) -> None:
     """Refuse a ``data.min_seconds`` so short that a kept utterance, once sped up by the
     largest speed factor, is too short for the CNN: found here, before any work, instead of
@@ -227,9 +247,21 @@ def batch_stream(plan, position: Position, ranks: Ranks) -> Iterator[list[int]]:
 # ----------------------------------------------------------------------------- state
 
 
-def save_state(path: Path, model, optimizer, scheduler, position: Position, cfg, base_sha256: str = "") -> None:
+def data_identity(utterances) -> dict:
+    """What the corpus is, wherever it sits: its size and a hash of each file's path relative to
+    the files' common folder and its length in samples, in corpus order (the order the batch
+    plan indexes). The same files copied to another disk have the same identity."""
+    folders = [os.path.dirname(u.path) for u in utterances]
+    base = os.path.commonpath(folders) if folders else ""
+    listing = [(os.path.relpath(u.path, base), u.num_samples) for u in utterances]
+    return {"data.files": len(listing), "data.samples": sum(n for _, n in listing), "data.content": json_hash(listing)}
+
+
+def save_state(path: Path, model, optimizer, scheduler, position: Position, cfg, base_sha256: str = "",
+               data: dict | None = None) -> None:
     """Write the resumable state; it records what it was trained from (the base checkpoint's
-    SHA-256 and the config hash), so a resume with other weights at the same path is refused."""
+    SHA-256, the settings and the corpus's :func:`data_identity`), so a resume with other
+    weights, settings or data is refused."""
     trainable = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
     atomic_torch_save(
         {
@@ -238,6 +270,7 @@ def save_state(path: Path, model, optimizer, scheduler, position: Position, cfg,
             "scheduler": scheduler.state_dict(),
             "position": vars(position),
             "config_hash": config_hash(cfg),
+            "settings": {**resume_settings(cfg), **(data or {})},
             "base_sha256": base_sha256,
         },
         path,
@@ -249,13 +282,14 @@ def base_sha256(identity: str) -> str:
     return identity.rpartition("sha256:")[2]
 
 
-def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = "") -> Position:
+def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = "", data: dict | None = None) -> Position:
     """Restore the state at ``path`` into the model, optimiser and scheduler.
 
     Raises:
         ScoreError: the file is unreadable or refused (it is read weights-only), or it was
-            written for another base checkpoint (by content, not path), another config, or
-            parameters of other names or shapes. Each message says how to start over.
+            written for another base checkpoint (by content, not path), other settings or another
+            corpus (by content, not path: the keys that differ are named), or parameters of other
+            names or shapes. Each message says how to start over.
     """
     from .checkpoints.safeload import load_checkpoint
 
@@ -266,6 +300,8 @@ def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = 
             raise TypeError(f"a {type(state).__name__}, not a dict")
         trainable, saved_hash, saved_base = state["trainable"], state["config_hash"], state.get("base_sha256")
         position = checked_position(state["position"], cfg)
+        if "settings" in state and not (isinstance(state["settings"], dict) and is_plain(state["settings"])):
+            raise TypeError("its settings record is not a mapping of names to plain values")
     except (KeyError, TypeError, ValueError) as exc:
         raise ScoreError(f"{path}: not a training state of this program ({type(exc).__name__}: {exc}); "
                          f"{start_over}") from exc
@@ -275,7 +311,13 @@ def load_state(path: Path, model, optimizer, scheduler, cfg, base_sha256: str = 
             f"but init {cfg.init!r} now has sha256 {base_sha256}; resuming would mix two models: "
             f"put the original base back, or {start_over}"
         )
-    if saved_hash != config_hash(cfg):
+    saved_settings = state.get("settings")
+    if isinstance(saved_settings, dict):
+        differ = differing_keys(saved_settings, {**resume_settings(cfg), **(data or {})})
+        if differ:
+            raise ScoreError(f"{path}: this run directory was trained with another config: "
+                             f"{'; '.join(differ)}; use the same settings and data, or {start_over}")
+    elif saved_hash != config_hash(cfg):  # a state written before settings were recorded
         raise ScoreError(
             f"{path}: this run directory was trained with another config "
             f"(hash {saved_hash} != {config_hash(cfg)}); use the same config, or {start_over}"
@@ -460,11 +502,14 @@ class StopNow(Exception):
 
 
 class StopRequest:
-    """Within ``with``: SIGINT/SIGTERM/SIGHUP set a flag that the loop checks between updates; a
-    second one raises :class:`StopNow` at once, except inside :meth:`hold` (an optimiser step,
-    the final save), which it leaves first."""
+    """Within ``with``: SIGINT/SIGTERM/SIGHUP, and SIGUSR1/SIGUSR2 (SLURM's pre-timeout signals:
+    ``sbatch --signal``, submitit's ``USR2@90``), set a flag that the loop checks between updates.
+    A second SIGINT/SIGTERM/SIGHUP raises :class:`StopNow` at once, except inside :meth:`hold` (an
+    optimiser step, the final save), which it leaves first; a repeated pre-timeout signal is
+    ignored (SLURM signals each process of a job, then its launcher forwards: one stop is enough)."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    PRE_TIMEOUT = (signal.SIGUSR1, signal.SIGUSR2)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, *PRE_TIMEOUT)
 
     def __init__(self, linger: bool = False) -> None:
         self.linger = linger  # once stopping, ignore these signals until the process exits (the CLI)
@@ -486,6 +531,8 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         if self.signal is None:
             self.signal = signum
+        elif signum in self.PRE_TIMEOUT:
+            return
         elif self._holding:
             self._pending = True
         else:
@@ -534,6 +581,7 @@ class Run:
     autocast: object
     writer: object  # TensorBoard SummaryWriter on rank 0, else None
     bar: tqdm
+    data: dict  # the corpus's data_identity, recorded in the state
     log_rows: list = field(default_factory=list)  # rows not yet written to train_log.csv
     started: float = 0.0
     unreadable_batches: int = 0
@@ -612,7 +660,7 @@ def setup(cfg: TrainConfig) -> Run:
     whole = cfg.data.mode == "whole"  # the official code: whole utterances, one per forward pass
     crop = None if whole else int(cfg.data.crop_seconds * SAMPLE_RATE)
     min_len = int(cfg.data.min_seconds * SAMPLE_RATE)
-    share = math.ceil(o.utterances_per_update / ranks.world)  # utterances per rank per update
+    share = o.utterances_per_update // ranks.world  # utterances per rank per update (check_split: exact)
     batch_size = 1 if whole else min(cfg.data.batch_size, share)
     # One utterance per batch: the plan's shuffled batch list is a uniformly random order.
     plan = BatchPlan(utterances, cfg.data.batch_seconds, batch_size, cfg.seed,
@@ -621,8 +669,9 @@ def setup(cfg: TrainConfig) -> Run:
         check_whole_lengths(cfg, utterances, plan)
     position = Position()
     state_path = out / STATE_FILE
+    data = data_identity(utterances)
     if state_path.exists():
-        position = load_state(state_path, model, optimizer, scheduler, cfg, base_sha256(base_identity))
+        position = load_state(state_path, model, optimizer, scheduler, cfg, base_sha256(base_identity), data)
         if ranks.main:  # the log is rank 0's file
             append_log(out / LOG_FILE, [], keep_upto=position.update)
             print(f"resuming {out} at update {position.update}", file=sys.stderr)
@@ -631,7 +680,7 @@ def setup(cfg: TrainConfig) -> Run:
     bf16 = cfg.precision == "bf16" and device.type == "cuda"
     return Run(
         cfg=cfg, out=out, ranks=ranks, device=device, base_state=base_state, base_identity=base_identity,
-        model=model, params=params, optimizer=optimizer, scheduler=scheduler, views=views,
+        model=model, params=params, optimizer=optimizer, scheduler=scheduler, views=views, data=data,
         generator=torch.Generator(), utterances=utterances, plan=plan, crop=crop, min_len=min_len,
         share=share, position=position, batches=batch_stream(plan, position, ranks),
         autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
@@ -649,10 +698,12 @@ def train(cfg: TrainConfig, linger: bool = False) -> Path:
     signals instead of restoring the previous handlers.
 
     Raises:
-        ScoreError: ``init`` is a file this run writes, or another live run holds ``cfg.out``
-            (its PID and command line named); both before any work.
+        ScoreError: ``init`` is a file this run writes, ``utterances_per_update`` does not split
+            evenly over the processes, or another live run holds ``cfg.out`` (its PID and
+            command line named); all before any work.
     """
     check_init_is_not_written(cfg)
+    check_split(cfg.optim.utterances_per_update, int(os.environ.get("WORLD_SIZE", 1)))
     # rank 0 holds the lock for the whole job (the ranks of one torchrun share the folder)
     with run_lock(Path(cfg.out)) if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext():
         return _train(cfg, linger)
@@ -762,7 +813,7 @@ def save_progress(run: Run, position: Position) -> None:
     if not run.ranks.main:
         return
     save_state(run.state_path, run.model, run.optimizer, run.scheduler, position, run.cfg,
-               base_sha256(run.base_identity))
+               base_sha256(run.base_identity), run.data)
     append_log(run.log_path, run.log_rows)
     run.log_rows = []
     run.saved_update = position.update
@@ -949,6 +1000,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     parser.add_argument("--device", type=device_name, help=_flag_help(DEVICE_CHOICES, "device"))
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved, validated config as YAML and exit")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                        help="local: run here; slurm: submit one SLURM job (torchrun across its GPUs and "
+                             "nodes) that requeues itself at the time limit and resumes")
+    parser.add_argument("--wait", action="store_true", help="slurm: wait for the job to end")
+    from .slurm import add_arguments
+
+    add_arguments(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, dotted")
     args = parser.parse_args(argv)
     flags = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()}
@@ -962,6 +1020,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(config_yaml(cfg), end="")
         return 0
+    if args.launcher == "slurm":
+        from .slurm import options_from
+        from .slurm_finetune import run as run_on_slurm
+
+        return run_on_slurm(cfg, options_from(args), args.wait)
     try:
         print(train(cfg, linger=True))
         code = 0

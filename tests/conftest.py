@@ -49,3 +49,6 @@ def tiny_wavlm_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "tiny_wavlm.pt"
     write_wavlm(path, **tiny_wavlm_state(seed=0))
     return path
+
+
+from slurm_cluster import slurm_cluster  # noqa: E402,F401  (the one-node SLURM session fixture)

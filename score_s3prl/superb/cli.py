@@ -52,14 +52,17 @@ import contextlib
 import dataclasses
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
+from .. import children
 from ..errors import ArgumentParser, ScoreError
 from ..lexicons import CMUDICT, G2P, Lexicon, parse_lexicon
 from ..runtime import device_name
 from ..recipes import RECIPES
 from ..runlock import run_lock
+from ..slurm import add_arguments as add_slurm_arguments
 from . import results, summary
 from .checks import check_inputs
 from .demo import DEMO_FINETUNE_STEPS, DEMO_NOTICE, DEMO_STEPS, DEMO_TASK_SEEDS, PROBE_AUDIO, demo_stages
@@ -68,7 +71,7 @@ from .settings import (DEFAULT_SEED, DEFAULT_UPSTREAMS, ENV, LAST_LAYER, PROBE_S
                        Upstream, distinct_labels, parse_upstream)
 from .stages import Pipeline
 
-TASK_CHOICES = (*RECIPES, "all", "demo")
+TASK_CHOICES = (*RECIPES, "all", "demo", "status")
 PROBE_TITLE = ("invariance probe, SCORE's views ('score'): value = view / other-utterance soft-DTW divergence "
                "per layer; lower is more invariant")
 
@@ -78,7 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      description="SUPERB ASR, PR and QbE through stock s3prl, baseline vs SCORE.",
                                      epilog="Environment: " + ", ".join(f"${v} (--{k.replace('_', '-')})"
                                                                        for k, v in ENV.items()))
-    parser.add_argument("task", choices=TASK_CHOICES, help="asr, pr, qbe, probe, all (the four) or demo")
+    parser.add_argument("task", choices=TASK_CHOICES, help="asr, pr, qbe, probe, all (the four) or demo; "
+                                                           "status: each unit's state of a --launcher slurm run in --out")
     parser.add_argument("--upstream", action="append", metavar="[SYSTEM:]NAME[=CKPT]",
                         help="s3prl upstream, repeatable, the first is the baseline; upstreams given the same "
                              "SYSTEM (e.g. fine-tuning seeds) are one system in the summary "
@@ -114,6 +118,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"demo: SCORE updates of the tiny model (default: {DEMO_FINETUNE_STEPS})")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--force", action="store_true", help="redo finished stages")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                        help="local: every stage here, in turn (default); slurm: shared preparation here, then "
+                             "each (task, upstream, seed) unit as one SLURM job (submitit job arrays)")
+    parser.add_argument("--wait", action="store_true",
+                        help="slurm and status: wait until every job has ended, then write the results CSV")
+    add_slurm_arguments(parser, " (demo defaults: gpus-per-node 0, cpus-per-task 1)", hidden=("nodes",))
     args = parser.parse_args(argv)
     for name in ("steps", "finetune_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -181,6 +191,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         upstreams=() if demo else distinct_labels(tuple(parse_upstream(u) for u in (args.upstream or DEFAULT_UPSTREAMS))),
         out=out, results=csv, plot=(args.plot or csv.with_name("superb_gains.png")).expanduser().resolve(),
         libri_root=libri_root, quesst_root=_env_path(args.quesst_root, "quesst_root"),
+        # auto stays auto: each process resolves it where it computes (a SLURM job on its node)
         lexicon=lexicon.file, lexicon_source=lexicon.source, device="cpu" if demo else args.device,
         steps=args.steps or (DEMO_STEPS if demo else None), workers=0 if demo and args.workers is None else args.workers,
         qbe_layer=args.qbe_layer, qbe_dev_layers=parse_layers(args.qbe_dev_layers), demo=demo,
@@ -193,14 +204,102 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    with contextlib.ExitStack() as lock:  # the run lock of --out, released however the run ends
-        return run(parse_args(argv), lock)
+    args = parse_args(argv)
+    try:
+        # SIGTERM/SIGHUP raise Terminated, as SIGINT raises KeyboardInterrupt: a running stage's
+        # process group is stopped first (stages.run_command), then the run lock is released
+        with children.signals_as_exceptions(), contextlib.ExitStack() as lock:
+            return run(args, lock)
+    except (children.Terminated, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, children.Terminated) else signal.SIGINT
+        print(f"stopped by {signal.Signals(signum).name}: a running stage was stopped with it (submitted SLURM "
+              f"jobs go on), the run lock released; re-run to resume", file=sys.stderr)
+        return 128 + signum
+
+
+def slurm_options(args: argparse.Namespace, settings: Settings):
+    """The SLURM options: defaults for this run's device, then --slurm-config, then --slurm-* flags."""
+    from ..slurm import options_from, require_slurm
+
+    defaults = {"gpus_per_node": 0, "cpus_per_task": 1} if settings.demo else (
+        {"gpus_per_node": 0} if settings.device == "cpu" else {})
+    options = options_from(args, defaults)
+    if options.nodes != 1:
+        raise ScoreError(f"SLURM options: nodes = {options.nodes}: a SUPERB unit is a one-node job (nodes is for "
+                         f"score-s3prl finetune --launcher slurm)")
+    if not args.dry_run:
+        require_slurm()
+    return options
+
+
+def run_on_slurm(args: argparse.Namespace, settings: Settings, options, pipeline: Pipeline) -> int:
+    """Shared preparation here, each unit a SLURM job; with --wait, the results once all ended."""
+    from . import slurm
+
+    tracker = slurm.submit(settings, options, pipeline, force=args.force)
+    if args.dry_run:
+        return 0
+    units = Planner(settings).units()
+    if not args.wait:
+        pipeline.say(f"\n{slurm.format_states(tracker.states(units, slurm.read_jobs(settings.out)))}\n"
+                     f"follow with `run_superb.sh status --out {settings.out}` (--wait: until all end, then the "
+                     f"results CSV), or `score-s3prl results {settings.out}` once they are done")
+        return 0
+    return finish_slurm_run(settings, tracker, units, pipeline)
+
+
+def finish_slurm_run(settings: Settings, tracker, units, pipeline: Pipeline) -> int:
+    """Wait for every unit's job, then assemble the results CSV from the finished ones."""
+    from . import slurm
+
+    states = slurm.wait(tracker, units, settings.out, pipeline.say)
+    pipeline.say("\n" + slurm.format_states(states))
+    score_stages = [stage for unit in units for stage in unit.score_stages]
+    rows = results.assemble(settings.out, settings.results, score_stages)
+    # every finished unit under --out (a SLURM run's units all write into it)
+    pipeline.say("\n" + summary.report(settings.out, settings.results, settings.plot, merge=False))
+    pipeline.say(f"{len(rows)} rows of this run in {settings.results}")
+    failed = [s for s in states if s.state != "done"]
+    if failed:
+        pipeline.say(f"{len(failed)} units did not finish; re-run the same command to resubmit them")
+        return 1
+    if settings.demo:
+        pipeline.say(DEMO_NOTICE)
+    return 0
+
+
+def show_status(args: argparse.Namespace) -> int:
+    """``status --out DIR``: each unit's state; with --wait, until all end, then the results CSV."""
+    from . import slurm
+
+    out = (args.out or Path("exp/superb")).expanduser().resolve()
+    settings = slurm.load_settings(out)
+    tracker = slurm.Tracker(settings)
+    units = Planner(settings).units()
+    pipeline = Pipeline(terminal=sys.stdout)
+    if args.wait:
+        return finish_slurm_run(settings, tracker, units, pipeline)
+    pipeline.say(slurm.format_states(tracker.states(units, slurm.read_jobs(out))))
+    return 0
+
+
+def refuse_beside_slurm_jobs(out: Path) -> None:
+    """A local run would run the same units as SLURM jobs still queued or running in ``out``."""
+    from .slurm import active_jobs
+
+    running = active_jobs(out)
+    if running:
+        raise ScoreError(f"{out}: SLURM jobs of this run are still queued or running ({', '.join(running)}); "
+                         f"wait for them (run_superb.sh status --out {out} --wait) or scancel them")
 
 
 def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
     """The run loop; takes the run lock of ``--out`` into ``lock`` before its first stage, unless
     it is a dry run (which runs nothing)."""
+    if args.task == "status":
+        return show_status(args)
     settings = settings_from(args)
+    options = slurm_options(args, settings) if args.launcher == "slurm" else None  # checked before any stage
     pipeline = Pipeline(force=args.force, dry_run=args.dry_run, terminal=sys.stdout)
     if settings.demo:
         if not args.dry_run:  # the demo writes into --out before the input checks
@@ -216,6 +315,9 @@ def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
         check_inputs(settings)
     if not (settings.demo or args.dry_run):  # after the checks, so that bad input leaves no --out behind
         lock.enter_context(run_lock(settings.out))
+    if options is not None:
+        return run_on_slurm(args, settings, options, pipeline)
+    refuse_beside_slurm_jobs(settings.out)
     planner = Planner(settings)
     score_stages = [stage for unit in planner.units() for stage in unit.score_stages]
     for stage in planner.stages():

@@ -16,6 +16,10 @@ random stamp, so
 
 Commands run as subprocesses with their output streamed to ``<folder>/<name>.log``; the
 terminal gets the shell-quoted command before it runs and, on a terminal, one progress line.
+Each is a :func:`score_s3prl.children.spawn` child: its own process group, SIGTERM when the
+runner dies; when the runner stops (Ctrl-C, SIGTERM: :class:`~score_s3prl.children.Terminated`)
+the whole group is stopped before the exception goes on, and the child inherits the runner's
+``--out`` lock (:func:`score_s3prl.runlock.held_lock_fds`), so a new run cannot start while it lives.
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from .. import children
 from ..errors import ScoreError
 from ..fileio import atomic_write_text
 from ..hashing import json_hash
+from ..runlock import held_lock_fds
 from .results import utc_now
 
 LOG_TAIL_LINES = 15  # lines of a failed command's log shown on the terminal
@@ -157,8 +163,8 @@ def run_command(stage: Stage, terminal: TextIO, argv: list[str] | None = None) -
     with open(stage.log, "wb") as log:
         log.write(f"$ {stage.shell_line(argv)}\n".encode())
         log.flush()
-        process = subprocess.Popen(argv, cwd=stage.cwd, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT)
+        process = children.spawn(argv, cwd=stage.cwd, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, pass_fds=held_lock_fds())
         assert process.stdout is not None
         last, shown = "", 0.0
         try:
@@ -174,9 +180,9 @@ def run_command(stage: Stage, terminal: TextIO, argv: list[str] | None = None) -
                         terminal.write(f"\r\x1b[K[{stage.name}] {now - started:5.0f} s  {last[:90]}")
                         terminal.flush()
             code = process.wait()
+            children.end_group(process)  # anything it left running in its group
         except BaseException:
-            process.terminate()
-            process.wait()
+            children.stop(process)  # the whole group, before the run (and its lock) ends
             raise
         finally:
             process.stdout.close()
