@@ -40,6 +40,7 @@ def test_version(capsys):
 def test_help_is_plain_text_with_defaults(name, capsys):
     text = help_text(name, capsys)
     assert "`" not in text and ":mod:" not in text and ":class:" not in text, text
+    assert "%%" not in text, text  # argparse formats help strings, not the description: no doubled %
     if name != "fetch":  # the one subcommand with no option that has a default (NAME..., --refresh)
         assert "(default: " in text, text
 

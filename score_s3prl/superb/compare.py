@@ -160,7 +160,7 @@ seed_value = int_at_least(0, "seed (0 or more)")  # --seed: numpy takes no negat
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="score-s3prl compare",
-        description="A tuned s3prl run against a baseline run: relative gain, its 95%% paired-bootstrap "
+        description="A tuned s3prl run against a baseline run: relative gain, its 95% paired-bootstrap "
                     "interval, P(tuned better) and a verdict (better / worse only when the interval excludes 0).",
     )
     parser.add_argument("--task", required=True, choices=TASKS)

@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="score-s3prl results",
         description="Rebuild a SUPERB run folder's results: the CSV rows of every finished score stage under "
-                    "OUT_DIR, superb_summary.csv beside the CSV (mean ± sd over seeds, gain, 95%% paired-bootstrap "
+                    "OUT_DIR, superb_summary.csv beside the CSV (mean ± sd over seeds, gain, 95% paired-bootstrap "
                     "interval, P(better), verdict), the printed tables and the gains chart. Tasks run separately "
                     "(or on other machines) into one OUT_DIR end in one report.",
     )
