@@ -15,6 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = ["demo", "--steps", "2", "--finetune-steps", "4"]  # the short demo of tests/test_demo.py
+# the demo's units, one value each: ASR, QbE and probe once per upstream (2), PR with 2 seeds each
+UNITS = 3 * 2 + 2 * 2
 
 
 def superb(*args: str) -> list[str]:
@@ -48,7 +50,7 @@ def local_demo(tmp_path_factory) -> dict[tuple[str, ...], str]:
     run_superb(*DEMO, "--out", str(out))
     print(f"\nlocal short demo: {time.monotonic() - started:.1f} s")
     found = values(out)
-    assert len(found) == 8
+    assert len(found) == UNITS
     return found
 
 
@@ -68,11 +70,11 @@ def test_demo_on_slurm_gives_the_local_values(slurm_cluster, local_demo, tmp_pat
     print(f"\nSLURM short demo: {time.monotonic() - started:.1f} s")
     assert runner.returncode == 0, output[-4000:]
     assert ("superb-demo", "RUNNING") in seen, seen
-    assert output.count("submitted as SLURM job") == 8
-    assert "8 done, 0 running, 0 pending, 0 failed" in output
+    assert output.count("submitted as SLURM job") == UNITS
+    assert f"{UNITS} done, 0 running, 0 pending, 0 failed" in output
     assert values(out) == local_demo
     nodes = [json.loads(p.read_text()) for p in out.rglob("slurm-node.json")]
-    assert len(nodes) == 8 and {n["device"] for n in nodes} == {"cpu"}  # resolved by each job on its node
+    assert len(nodes) == UNITS and {n["device"] for n in nodes} == {"cpu"}  # as each job resolved it on its node
 
 
 @pytest.mark.slow
@@ -80,7 +82,7 @@ def test_a_cancelled_job_is_resubmitted_by_a_rerun_without_duplicate_rows(slurm_
     out = tmp_path / "demo"
     run_superb(*DEMO, "--out", str(out), "--launcher", "slurm")  # submits and returns
     jobs = json.loads((out / "slurm" / "jobs.json").read_text())
-    assert len(jobs) == 8
+    assert len(jobs) == UNITS
     by_job = {record["job"]: key for key, record in jobs.items()}
     deadline = time.monotonic() + 300
     while True:  # the first unit to run is cancelled mid-run
@@ -97,11 +99,11 @@ def test_a_cancelled_job_is_resubmitted_by_a_rerun_without_duplicate_rows(slurm_
     status = run_superb("status", "--out", str(out)).stdout
     line = next(line for line in status.splitlines() if line.startswith(by_job[victim] + " "))
     assert f"failed  job {victim}  log {jobs[by_job[victim]]['log']}" in line, status
-    assert "7 done, 0 running, 0 pending, 1 failed" in status
+    assert f"{UNITS - 1} done, 0 running, 0 pending, 1 failed" in status
 
     rerun = run_superb(*DEMO, "--out", str(out), "--launcher", "slurm", "--wait").stdout
     assert rerun.count("submitted as SLURM job") == 1 and f"[{by_job[victim]}] submitted" in rerun, rerun
-    assert rerun.count("done before, not submitted") == 7
+    assert rerun.count("done before, not submitted") == UNITS - 1
     written = rows(out)
     assert not [key for key, n in Counter((r["run_dir"], r["metric"], r["split"]) for r in written).items() if n > 1]
     assert values(out) == local_demo
