@@ -239,25 +239,26 @@ def run_on_slurm(args: argparse.Namespace, settings: Settings, options, pipeline
     tracker = slurm.submit(settings, options, pipeline, force=args.force)
     if args.dry_run:
         return 0
-    units = Planner(settings).units()
+    planner = Planner(settings)
+    units = planner.units()
     if not args.wait:
         pipeline.say(f"\n{slurm.format_states(tracker.states(units, slurm.read_jobs(settings.out)))}\n"
                      f"follow with `run_superb.sh status --out {settings.out}` (--wait: until all end, then the "
                      f"results CSV), or `score-s3prl results {settings.out}` once they are done")
         return 0
-    return finish_slurm_run(settings, tracker, units, pipeline)
+    return finish_slurm_run(settings, tracker, planner, pipeline)
 
 
-def finish_slurm_run(settings: Settings, tracker, units, pipeline: Pipeline) -> int:
+def finish_slurm_run(settings: Settings, tracker, planner: Planner, pipeline: Pipeline) -> int:
     """Wait for every unit's job, then assemble the results CSV from the finished ones."""
     from . import slurm
 
+    units = planner.units()
     states = slurm.wait(tracker, units, settings.out, pipeline.say)
     pipeline.say("\n" + slurm.format_states(states))
     score_stages = [stage for unit in units for stage in unit.score_stages]
     rows = results.assemble(settings.out, settings.results, score_stages)
-    # every finished unit under --out (a SLURM run's units all write into it)
-    pipeline.say("\n" + summary.report(settings.out, settings.results, settings.plot, merge=False))
+    end_report(settings, planner, pipeline)
     pipeline.say(f"{len(rows)} rows of this run in {settings.results}")
     failed = [s for s in states if s.state != "done"]
     if failed:
@@ -275,11 +276,11 @@ def show_status(args: argparse.Namespace) -> int:
     out = (args.out or Path("exp/superb")).expanduser().resolve()
     settings = slurm.load_settings(out)
     tracker = slurm.Tracker(settings)
-    units = Planner(settings).units()
+    planner = Planner(settings)
     pipeline = Pipeline(terminal=sys.stdout)
     if args.wait:
-        return finish_slurm_run(settings, tracker, units, pipeline)
-    pipeline.say(slurm.format_states(tracker.states(units, slurm.read_jobs(out))))
+        return finish_slurm_run(settings, tracker, planner, pipeline)
+    pipeline.say(slurm.format_states(tracker.states(planner.units(), slurm.read_jobs(out))))
     return 0
 
 
@@ -291,6 +292,25 @@ def refuse_beside_slurm_jobs(out: Path) -> None:
     if running:
         raise ScoreError(f"{out}: SLURM jobs of this run are still queued or running ({', '.join(running)}); "
                          f"wait for them (run_superb.sh status --out {out} --wait) or scancel them")
+
+
+def end_report(settings: Settings, planner: Planner, pipeline: Pipeline) -> None:
+    """What a run prints at its end, local or on SLURM: PR's lexicon, the runs' and summary tables
+    of every finished unit under --out (this invocation's and earlier ones'), the probe's table
+    and figures."""
+    if "pr" in settings.tasks:  # the lexicon decides PR's labels: a PER is comparable only under the same one
+        cmudict = settings.lexicon_source == CMUDICT and not settings.lexicon
+        caveat = "; not comparable with published PER" if cmudict else ""
+        pipeline.say(f"pr lexicon: {planner.data_detail('pr')['lexicon']}{caveat}")
+    pipeline.say("\n" + summary.report(settings.out, settings.results, settings.plot, merge=False))
+    probe_csvs = [path for path in planner.probe_csvs if Path(path).is_file()]  # a failed unit wrote none
+    if probe_csvs:
+        from .. import probe
+
+        pipeline.say(f"\n{PROBE_TITLE}\n" + probe.format_table(
+            [r for path in probe_csvs for r in probe.read_csv(path) if r.perturbation == probe.SCORE]))
+        for figure in probe.plot_by_folder(probe_csvs, settings.out / "probe"):  # every upstream in one
+            pipeline.say(f"probe figure: {figure}")
 
 
 def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
@@ -327,19 +347,7 @@ def run(args: argparse.Namespace, lock: contextlib.ExitStack) -> int:
     if args.dry_run:
         return 0
     rows = results.assemble(settings.out, settings.results, score_stages)
-    if "pr" in settings.tasks:  # the lexicon decides PR's labels: a PER is comparable only under the same one
-        cmudict = settings.lexicon_source == CMUDICT and not settings.lexicon
-        caveat = "; not comparable with published PER" if cmudict else ""
-        pipeline.say(f"pr lexicon: {planner.data_detail('pr')['lexicon']}{caveat}")
-    # every finished unit under --out, this invocation's and earlier ones' (tasks run one at a time)
-    pipeline.say("\n" + summary.report(settings.out, settings.results, settings.plot, merge=False))
-    if planner.probe_csvs:
-        from .. import probe
-
-        pipeline.say(f"\n{PROBE_TITLE}\n" + probe.format_table(
-            [r for path in planner.probe_csvs for r in probe.read_csv(path) if r.perturbation == probe.SCORE]))
-        for figure in probe.plot_by_folder(planner.probe_csvs, settings.out / "probe"):  # every upstream in one
-            pipeline.say(f"probe figure: {figure}")
+    end_report(settings, planner, pipeline)
     pipeline.say(f"{len(rows)} rows of this run in {settings.results}")
     if settings.demo:
         pipeline.say(DEMO_NOTICE)
