@@ -505,8 +505,9 @@ class StopRequest:
     """Within ``with``: SIGINT/SIGTERM/SIGHUP, and SIGUSR1/SIGUSR2 (SLURM's pre-timeout signals:
     ``sbatch --signal``, submitit's ``USR2@90``), set a flag that the loop checks between updates.
     A second SIGINT/SIGTERM/SIGHUP raises :class:`StopNow` at once, except inside :meth:`hold` (an
-    optimiser step, the final save), which it leaves first; a repeated pre-timeout signal is
-    ignored (SLURM signals each process of a job, then its launcher forwards: one stop is enough)."""
+    optimiser step, the final save), which it leaves first. After a pre-timeout signal only
+    SIGINT does: a repeated pre-timeout signal, or the SIGTERM of the requeue that follows it, is
+    the same stop (SLURM signals each process of a job, then its launcher forwards)."""
 
     PRE_TIMEOUT = (signal.SIGUSR1, signal.SIGUSR2)
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, *PRE_TIMEOUT)
@@ -531,7 +532,10 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         if self.signal is None:
             self.signal = signum
-        elif signum in self.PRE_TIMEOUT:
+        elif signum in self.PRE_TIMEOUT or (self.signal in self.PRE_TIMEOUT and signum != signal.SIGINT):
+            # SLURM's pre-timeout stop reaches every process of the job, and the requeue's SIGTERM
+            # follows it (slurm_finetune: checkpoint): the same stop, saved at the next boundary
+            # (a second stop would drop the update, and under torchrun all progress since the last save)
             return
         elif self._holding:
             self._pending = True

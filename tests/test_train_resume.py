@@ -84,3 +84,24 @@ def test_update_size_must_split_evenly_over_processes(tiny_ckpt, assets_dir, tmp
     with pytest.raises(ScoreError, match="cannot be split evenly over 3 processes"):
         train(config(tiny_ckpt, assets_dir, tmp_path / "run", **{"optim.utterances_per_update": 4}))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("first, then, stops_at_once", [
+    (signal.SIGUSR2, signal.SIGUSR2, False),  # SLURM signals every process, the launcher forwards
+    (signal.SIGUSR2, signal.SIGTERM, False),  # the requeue's SIGTERM after the pre-timeout signal
+    (signal.SIGUSR1, signal.SIGINT, True),  # a person's Ctrl-C always counts
+    (signal.SIGTERM, signal.SIGTERM, True),  # a second stop: leave the update now
+    (signal.SIGINT, signal.SIGUSR2, False),
+])
+def test_a_pre_timeout_stop_is_one_stop(first, then, stops_at_once):
+    from score_s3prl.train import StopNow, StopRequest
+
+    with StopRequest() as stop:
+        os.kill(os.getpid(), first)
+        assert stop.signal == first
+        if stops_at_once:
+            with pytest.raises(StopNow):
+                os.kill(os.getpid(), then)
+        else:
+            os.kill(os.getpid(), then)
+        assert stop.signal == first
