@@ -17,7 +17,7 @@ loaded strictly into a freshly built transformers model before it is saved, so a
 that does not fit stops the export. Pre-training-only weights (``final_proj``,
 ``label_embs_concat``) are dropped: transformers' base models have no place for them and feature
 extraction never uses them. Needs ``transformers`` and ``safetensors`` (``pip install
-score-s3prl[hf]``).
+-e '.[hf]'`` in a checkout: the package is not on an index).
 """
 
 from __future__ import annotations
