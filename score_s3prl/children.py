@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 STOP_GRACE_S = 30.0  # SIGTERM -> SIGKILL: time for a trainer to reach an update boundary and save
@@ -51,12 +51,10 @@ def _die_with_parent(parent: int) -> None:
             os._exit(143)
 
 
-def spawn(argv: list[str], preexec_signals: Callable[[], None] | None = None, **popen: Any) -> subprocess.Popen:
-    """``subprocess.Popen(argv, **popen)`` in a new process group that dies with this process.
-
-    ``preexec_signals`` runs in the child before exec to set signal dispositions (an ignored
-    signal stays ignored across exec until the program installs a handler).
-    """
+def spawn(argv: list[str], **popen: Any) -> subprocess.Popen:
+    """``subprocess.Popen(argv, **popen)`` in a new process group that dies with this process,
+    ignoring the signals :func:`ignore_in_children` named (an ignored signal stays ignored
+    across exec until the program installs a handler)."""
     me = os.getpid()
     ignored = tuple(_ignored)
 
@@ -64,8 +62,6 @@ def spawn(argv: list[str], preexec_signals: Callable[[], None] | None = None, **
         _die_with_parent(me)
         for sig in ignored:
             signal.signal(sig, signal.SIG_IGN)
-        if preexec_signals is not None:
-            preexec_signals()
 
     return subprocess.Popen(argv, process_group=0, preexec_fn=preexec, **popen)
 

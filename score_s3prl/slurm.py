@@ -16,6 +16,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,6 +27,8 @@ from pydantic import Field
 from .config import NonNegativeInt, PositiveFloat, PositiveInt, parse_yaml, validate
 from .errors import ScoreError
 
+# SLURM's pre-timeout signals (``sbatch --signal``; submitit asks for SIGUSR2): save, then requeue
+PRE_TIMEOUT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 SbatchLine = Annotated[str, Field(pattern=r"^(#SBATCH\s+)?--[a-z][a-z0-9-]*(=\S.*)?$")]
 ShellLine = Annotated[str, Field(min_length=1)]
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",

@@ -17,7 +17,6 @@ it installs its own handlers: torchrun, which has none, is not killed by SLURM's
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
@@ -28,18 +27,10 @@ from . import children
 from .config import TrainConfig, config_dict
 from .errors import ScoreError
 from .fileio import atomic_write_text
-from .slurm import SlurmOptions, executor
+from .slurm import PRE_TIMEOUT_SIGNALS, SlurmOptions, executor
 
 CONFIG_NAME = "finetune.yaml"
 RENDEZVOUS_PORT = 29500
-SLURM_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
-
-
-def _ignore_slurm_signals() -> None:
-    for sig in SLURM_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
 class FinetuneJob(submitit.helpers.Checkpointable):
     """The job's function: run the trainer on ``config``; requeued by SLURM's pre-timeout signal."""
 
@@ -70,7 +61,8 @@ class FinetuneJob(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         argv = self.command()
         print("$ " + " ".join(argv), flush=True)
-        self._process = children.spawn(argv, preexec_signals=_ignore_slurm_signals)
+        children.ignore_in_children(*PRE_TIMEOUT_SIGNALS)  # the pre-timeout signal is for this process
+        self._process = children.spawn(argv)
         code = self._process.wait()
         if code != 0:
             raise ScoreError(f"fine-tuning exited with status {code} (its output is above in this log)")

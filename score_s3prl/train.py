@@ -51,13 +51,14 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoints.hubert import write_converted
-from .config import (TrainConfig, config_dict, config_hash, config_yaml, differing_keys, is_plain, load_config,
-                     resume_settings)
+from .config import (TrainConfig, config_dict, config_hash, config_yaml, differing_keys, flatten, is_plain,
+                     load_config, resume_settings)
 from .errors import ArgumentParser, ScoreError
 from .fileio import atomic_open, atomic_torch_save, atomic_write_text, remove_stale_temps
 from .hashing import json_hash
 from .runlock import run_lock
 from .runtime import DEVICE_CHOICES, device_name, resolve_device
+from .slurm import PRE_TIMEOUT_SIGNALS
 
 SAMPLE_RATE = 16000
 STATE_FILE = "train_state.pt"
@@ -509,8 +510,7 @@ class StopRequest:
     SIGINT does: a repeated pre-timeout signal, or the SIGTERM of the requeue that follows it, is
     the same stop (SLURM signals each process of a job, then its launcher forwards)."""
 
-    PRE_TIMEOUT = (signal.SIGUSR1, signal.SIGUSR2)
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, *PRE_TIMEOUT)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, *PRE_TIMEOUT_SIGNALS)
 
     def __init__(self, linger: bool = False) -> None:
         self.linger = linger  # once stopping, ignore these signals until the process exits (the CLI)
@@ -532,7 +532,7 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         if self.signal is None:
             self.signal = signum
-        elif signum in self.PRE_TIMEOUT or (self.signal in self.PRE_TIMEOUT and signum != signal.SIGINT):
+        elif signum in PRE_TIMEOUT_SIGNALS or (self.signal in PRE_TIMEOUT_SIGNALS and signum != signal.SIGINT):
             # SLURM's pre-timeout stop reaches every process of the job, and the requeue's SIGTERM
             # follows it (slurm_finetune: checkpoint): the same stop, saved at the next boundary
             # (a second stop would drop the update, and under torchrun all progress since the last save)
@@ -912,15 +912,9 @@ def probe_now(run: Run) -> dict[str, float]:
 def write_hparams(run: Run) -> None:
     """The config (flattened, dotted keys) as TensorBoard hparams, with the run's final loss and
     held-out probe value (the log's last) as its metrics."""
-    def flat(values: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in values.items():
-            if isinstance(value, dict):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:  # hparams take bool, str, int, float: lists and None as text
-                out[prefix + key] = value if isinstance(value, (bool, str, int, float)) else str(value)
-        return out
-
+    # hparams take bool, str, int, float: lists and None as text
+    hparams = {key: value if isinstance(value, (bool, str, int, float)) else str(value)
+               for key, value in flatten(config_dict(run.cfg)).items()}
     with open(run.log_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     metrics = {}
@@ -928,7 +922,7 @@ def write_hparams(run: Run) -> None:
         values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
         if values:
             metrics[f"hparam/final_{key}"] = values[-1]
-    run.writer.add_hparams(flat(config_dict(run.cfg)), metrics, name="hparams", global_step=run.position.update)
+    run.writer.add_hparams(hparams, metrics, name="hparams", global_step=run.position.update)
 
 
 def reduce_sums(values: dict[str, float], ranks: Ranks) -> dict[str, float]:

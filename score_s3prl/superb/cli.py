@@ -236,25 +236,24 @@ def run_on_slurm(args: argparse.Namespace, settings: Settings, options, pipeline
     """Shared preparation here, each unit a SLURM job; with --wait, the results once all ended."""
     from . import slurm
 
-    tracker = slurm.submit(settings, options, pipeline, force=args.force)
+    planner = Planner(settings)
+    slurm.submit(planner, options, pipeline, force=args.force)
     if args.dry_run:
         return 0
-    planner = Planner(settings)
-    units = planner.units()
     if not args.wait:
-        pipeline.say(f"\n{slurm.format_states(tracker.states(units, slurm.read_jobs(settings.out)))}\n"
+        pipeline.say(f"\n{slurm.format_states(slurm.unit_states(planner.units(), slurm.read_jobs(settings.out)))}\n"
                      f"follow with `run_superb.sh status --out {settings.out}` (--wait: until all end, then the "
                      f"results CSV), or `score-s3prl results {settings.out}` once they are done")
         return 0
-    return finish_slurm_run(settings, tracker, planner, pipeline)
+    return finish_slurm_run(settings, planner, pipeline)
 
 
-def finish_slurm_run(settings: Settings, tracker, planner: Planner, pipeline: Pipeline) -> int:
+def finish_slurm_run(settings: Settings, planner: Planner, pipeline: Pipeline) -> int:
     """Wait for every unit's job, then assemble the results CSV from the finished ones."""
     from . import slurm
 
     units = planner.units()
-    states = slurm.wait(tracker, units, settings.out, pipeline.say)
+    states = slurm.wait(units, settings.out, pipeline.say)
     pipeline.say("\n" + slurm.format_states(states))
     score_stages = [stage for unit in units for stage in unit.score_stages]
     rows = results.assemble(settings.out, settings.results, score_stages)
@@ -275,12 +274,11 @@ def show_status(args: argparse.Namespace) -> int:
 
     out = (args.out or Path("exp/superb")).expanduser().resolve()
     settings = slurm.load_settings(out)
-    tracker = slurm.Tracker(settings)
     planner = Planner(settings)
     pipeline = Pipeline(terminal=sys.stdout)
     if args.wait:
-        return finish_slurm_run(settings, tracker, planner, pipeline)
-    pipeline.say(slurm.format_states(tracker.states(planner.units(), slurm.read_jobs(out))))
+        return finish_slurm_run(settings, planner, pipeline)
+    pipeline.say(slurm.format_states(slurm.unit_states(planner.units(), slurm.read_jobs(out))))
     return 0
 
 

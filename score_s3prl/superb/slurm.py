@@ -19,8 +19,9 @@ depends on a lock across nodes. At SLURM's pre-timeout signal the job requeues i
 (submitit's checkpoint); the requeued job skips finished stages and resumes a training from
 s3prl's last ``states-*.ckpt``.
 
-A unit is *done* when each of its stages' done-markers holds its current key; *pending*/*running* come from ``squeue``; a unit whose job SLURM no
-longer runs and that is not done is *failed*, with its job's log.
+A unit is *done* when each of its stages' done-markers holds its current key;
+*pending*/*running* come from ``squeue`` (:func:`unit_states`); a unit whose job SLURM no longer
+runs and that is not done is *failed*, with its job's log.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +44,7 @@ from .. import children
 from ..errors import ScoreError
 from ..fileio import atomic_write_text
 from ..runtime import resolve_device
-from ..slurm import SlurmOptions, executor, is_active, job_states
+from ..slurm import PRE_TIMEOUT_SIGNALS, SlurmOptions, executor, is_active, job_states
 from .plan import Planner, Unit
 from .results import utc_now
 from .settings import Settings
@@ -66,10 +66,10 @@ class UnitJob(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         # SLURM's pre-timeout SIGUSR2 is for this process (submitit requeues); the stage's
         # child would die of it, so children ignore it and are stopped as a group instead
-        children.ignore_in_children(signal.SIGUSR1, signal.SIGUSR2)
+        children.ignore_in_children(*PRE_TIMEOUT_SIGNALS)
         unit = unit_by_key(Planner(self.settings), self.key)
-        node = {"device": resolve_device(self.settings.device), "host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID", ""),
-                "started": utc_now()}
+        node = {"device": resolve_device(self.settings.device), "host": socket.gethostname(),
+                "job": os.environ.get("SLURM_JOB_ID", ""), "started": utc_now()}
         atomic_write_text(unit.run_dir / NODE_FILE, json.dumps(node, indent=2) + "\n")
         pipeline = Pipeline(force=self.force, terminal=sys.stdout)
         for stage in unit.stages:
@@ -151,33 +151,24 @@ class UnitState:
     detail: str = ""  # a failed unit: the last error line of its log
 
 
-class Tracker:
-    """Decides each unit's state: its stages' markers for done, squeue for pending and running."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    @staticmethod
-    def done(unit: Unit) -> bool:
-        return all(stage.done() for stage in unit.stages)
-
-    def states(self, units: list[Unit], jobs: dict[str, dict[str, str]]) -> list[UnitState]:
-        squeue = job_states([jobs[u.key]["job"] for u in units if u.key in jobs])
-        found = []
-        for unit in units:
-            record = jobs.get(unit.key, {})
-            job, log = record.get("job", ""), record.get("log", "")
-            slurm_state = squeue.get(job)
-            if is_active(slurm_state):
-                state = "pending" if slurm_state.startswith(("PENDING", "REQUEUE")) else "running"
-                found.append(UnitState(unit.key, state, job, log))
-            elif self.done(unit):
-                found.append(UnitState(unit.key, "done", job, log))
-            elif job:
-                found.append(UnitState(unit.key, "failed", job, log, failure(log, slurm_state)))
-            else:
-                found.append(UnitState(unit.key, "not submitted"))
-        return found
+def unit_states(units: list[Unit], jobs: dict[str, dict[str, str]]) -> list[UnitState]:
+    """Each unit's state: squeue for pending and running, its stages' done-markers for done."""
+    squeue = job_states([jobs[u.key]["job"] for u in units if u.key in jobs])
+    found = []
+    for unit in units:
+        record = jobs.get(unit.key, {})
+        job, log = record.get("job", ""), record.get("log", "")
+        slurm_state = squeue.get(job)
+        if is_active(slurm_state):
+            state = "pending" if slurm_state.startswith(("PENDING", "REQUEUE")) else "running"
+            found.append(UnitState(unit.key, state, job, log))
+        elif all(stage.done() for stage in unit.stages):
+            found.append(UnitState(unit.key, "done", job, log))
+        elif job:
+            found.append(UnitState(unit.key, "failed", job, log, failure(log, slurm_state)))
+        else:
+            found.append(UnitState(unit.key, "not submitted"))
+    return found
 
 
 def failure(log: str, slurm_state: str | None) -> str:
@@ -205,11 +196,11 @@ def format_states(states: list[UnitState]) -> str:
     return "\n".join(lines)
 
 
-def wait(tracker: Tracker, units: list[Unit], out: Path, say: Callable[[str], None]) -> list[UnitState]:
+def wait(units: list[Unit], out: Path, say: Callable[[str], None]) -> list[UnitState]:
     """Poll until no unit is pending or running; report each change of state."""
     seen: dict[str, str] = {}
     while True:
-        states = tracker.states(units, read_jobs(out))
+        states = unit_states(units, read_jobs(out))
         for s in states:
             if seen.get(s.key) != s.state:
                 seen[s.key] = s.state
@@ -223,19 +214,18 @@ def wait(tracker: Tracker, units: list[Unit], out: Path, say: Callable[[str], No
 # ----------------------------------------------------------------------------- submission
 
 
-def submit(settings: Settings, options: SlurmOptions, pipeline: Pipeline, force: bool = False) -> Tracker:
-    """Run the shared preparation here, then submit each unit not done nor queued (all of them,
-    but the queued, with ``force``); returns the tracker of the run's units."""
-    planner = Planner(settings)
+def submit(planner: Planner, options: SlurmOptions, pipeline: Pipeline, force: bool = False) -> None:
+    """Run the shared preparation here, then submit each unit of ``planner``'s run not done nor
+    queued (all of them, but the queued, with ``force``)."""
+    settings = planner.settings
     for stage in planner.shared_stages():
         pipeline.run(stage)
     if not pipeline.dry_run:
         save_settings(settings)
-    tracker = Tracker(settings)
     jobs = read_jobs(settings.out)
     units = planner.units()
     chosen = []
-    for state, unit in zip(tracker.states(units, jobs), units):
+    for state, unit in zip(unit_states(units, jobs), units):
         if state.state in ("pending", "running"):
             pipeline.say(f"[{unit.key}] already {state.state} as SLURM job {state.job}")
         elif state.state == "done" and not force:
@@ -245,7 +235,7 @@ def submit(settings: Settings, options: SlurmOptions, pipeline: Pipeline, force:
     if pipeline.dry_run:
         for unit in chosen:
             pipeline.say(f"# [{unit.key}] would be submitted: {', '.join(s.name for s in unit.stages)}")
-        return tracker
+        return
     if chosen:
         ex = executor(options, launch_dir(settings.out) / "jobs", name=f"superb-{settings.out.name}")
         with ex.batch():
@@ -255,7 +245,6 @@ def submit(settings: Settings, options: SlurmOptions, pipeline: Pipeline, force:
             jobs[unit.key] = {"job": str(job.job_id), "log": str(job.paths.stdout), "submitted": now}
             pipeline.say(f"[{unit.key}] submitted as SLURM job {job.job_id}; log {job.paths.stdout}")
         write_jobs(settings.out, jobs)
-    return tracker
 
 
 def active_jobs(out: Path) -> list[str]:
