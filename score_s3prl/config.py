@@ -207,7 +207,7 @@ def load_config(
             with open(path, encoding="utf-8") as handle:
                 values = parse_yaml(handle.read()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ScoreError(f"{path}: {_yaml_problem(exc)}") from exc
+            raise ScoreError(f"{path}: {yaml_problem(exc)}") from exc
         if not isinstance(values, dict):
             raise ScoreError(f"{path}: expected a mapping of config keys, got a {type(values).__name__}")
     for item in overrides:
@@ -224,7 +224,7 @@ def load_config(
     return validate(values, where=str(path) if path is not None else None)
 
 
-def _yaml_problem(exc: Exception) -> str:
+def yaml_problem(exc: Exception) -> str:
     """A YAML error as ``invalid YAML at line L, column C: problem`` (1-based, where PyYAML
     knows the place; its ``str`` puts the place on a later line, lost in a one-line error)."""
     if isinstance(exc, UnicodeDecodeError):

@@ -183,14 +183,13 @@ def user_args(argv: Sequence[str]) -> dict[str, Any]:
 def _safe_load(stream: Any, Loader: Any = None) -> Any:  # noqa: N803 - yaml.load's own name
     """``yaml.load`` with any loader asked for read as plain YAML (no Python objects, no
     duplicated keys: :func:`score_s3prl.config.parse_yaml`), errors as one line naming the file."""
-    from .config import parse_yaml
+    from .config import parse_yaml, yaml_problem
 
     name = getattr(stream, "name", "-c")
     try:
         return parse_yaml(stream if isinstance(stream, str) else stream.read())
     except (yaml.YAMLError, UnicodeDecodeError, ScoreError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ScoreError(f"{name}: invalid YAML ({first})") from None
+        raise ScoreError(f"{name}: {yaml_problem(exc)}") from None
 
 
 # stands in for the yaml module inside s3prl's run_downstream: -c is read as plain data

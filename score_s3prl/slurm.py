@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from .config import NonNegativeInt, PositiveFloat, PositiveInt, parse_yaml, validate
+from .config import NonNegativeInt, PositiveFloat, PositiveInt, parse_yaml, validate, yaml_problem
 from .errors import ScoreError
 
 # SLURM's pre-timeout signals (``sbatch --signal``; submitit asks for SIGUSR2): save, then requeue
@@ -85,8 +85,7 @@ def options_from(args: argparse.Namespace, defaults: dict[str, Any] | None = Non
         try:
             loaded = parse_yaml(path.read_text(encoding="utf-8")) or {}
         except Exception as exc:  # yaml.YAMLError, UnicodeDecodeError
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ScoreError(f"{path}: invalid YAML ({first})") from None
+            raise ScoreError(f"{path}: {yaml_problem(exc)}") from None
         if not isinstance(loaded, dict):
             raise ScoreError(f"{path}: expected a mapping of SLURM options, got a {type(loaded).__name__}")
         values.update(loaded)
